@@ -1,0 +1,1 @@
+"""The head-end application: settings, database, ingest, reports and the CLI."""

@@ -1,0 +1,64 @@
+"""One settings object for the whole application, read from `HEADEND_*` variables."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cached_property
+from zoneinfo import ZoneInfo
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MqttProtocol(StrEnum):
+    """MQTT protocol version spoken to the broker."""
+
+    V5 = "5"
+    V311 = "3.1.1"
+
+
+class Settings(BaseSettings):
+    """Head-end configuration; every field is `HEADEND_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="HEADEND_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL, postgresql+psycopg://user@host/db; unset means the embedded server",
+    )
+    require_timescaledb: bool = Field(
+        default=False, description="fail at migration when the timescaledb extension is missing"
+    )
+    mqtt_host: str | None = Field(default=None, description="broker host; unset means the embedded broker")
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_protocol: MqttProtocol = MqttProtocol.V5
+    mqtt_client_id: str = Field(default="headend-ingest", description="persistent-session id of this worker")
+    mqtt_shared_group: str | None = Field(
+        default="headend", description="shared-subscription group ($share/<group>/…); empty to subscribe plainly"
+    )
+    mqtt_receive_maximum: int = Field(default=2000, ge=1, le=65535, description="unacked messages in flight")
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    timezone: str = "Asia/Shanghai"
+    ingest_batch_rows: int = Field(default=5000, ge=1)
+    ingest_batch_wait_ms: int = Field(default=50, ge=0, description="longest a message waits for its batch")
+    future_tolerance_s: int = Field(default=300, ge=0, description="how far ahead of now a reading may be stamped")
+    partitions_ahead_days: int = Field(default=7, ge=1)
+    data_dir: str = Field(default=".headend", description="where the embedded database keeps its files")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        ZoneInfo(value)
+        return value
+
+    @field_validator("mqtt_shared_group")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @cached_property
+    def zone(self) -> ZoneInfo:
+        """The local time zone used at the edges."""
+        return ZoneInfo(self.timezone)
