@@ -1,0 +1,1 @@
+"""Database access: engine, schema models, migrations and storage-specific helpers."""

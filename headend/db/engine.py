@@ -1,0 +1,57 @@
+"""Engine construction and the storage facts the migration recorded."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection, Engine, make_url
+
+SCHEMA_OPTIONS_SQL = "SELECT name, value FROM schema_options"
+
+
+class Storage(StrEnum):
+    """How `readings` is stored."""
+
+    TIMESCALEDB = "timescaledb"
+    PARTITIONED = "partitioned"
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaOptions:
+    """Facts fixed when the schema was created."""
+
+    storage: Storage
+    collection_timezone: str
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[tuple[Any, Any]]) -> SchemaOptions:
+        """Build from the (name, value) rows of `schema_options`."""
+        values = {str(name): str(value) for name, value in rows}
+        return cls(storage=Storage(values["storage"]), collection_timezone=values["collection_timezone"])
+
+
+def normalise_url(url: str) -> str:
+    """Force the psycopg 3 driver on a PostgreSQL URL; reject other databases clearly."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"HEADEND_DATABASE_URL must be a PostgreSQL URL, got backend {parsed.get_backend_name()!r}")
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """A pooled engine on `url` with the psycopg 3 driver."""
+    return create_engine(normalise_url(url), pool_size=pool_size, pool_pre_ping=True)
+
+
+def libpq_dsn(url: str) -> str:
+    """The URL in the plain form psycopg.connect understands (no SQLAlchemy driver suffix)."""
+    return make_url(normalise_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def read_schema_options(conn: Connection) -> SchemaOptions:
+    """Read the storage mode and collection time zone chosen by the migration."""
+    return SchemaOptions.from_rows(conn.execute(text(SCHEMA_OPTIONS_SQL)).tuples())

@@ -1,0 +1,112 @@
+"""Typed SQLAlchemy models of the tables Alembic owns (the migrations are the source of truth)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    func,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+DEFAULT_REGISTER_MAX_WH = 999_999_990  # DL/T 645 energy registers hold XXXXXX.XX kWh
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class Concentrator(Base):
+    """A data concentrator (DCU) that forwards the readings of many meters."""
+
+    __tablename__ = "concentrators"
+
+    concentrator_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    region: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Meter(Base):
+    """An electricity meter; its id is its communication address."""
+
+    __tablename__ = "meters"
+    __table_args__ = (
+        CheckConstraint("protocol IN ('mqtt', 'modbus')", name="meters_protocol"),
+        CheckConstraint("status IN ('active', 'inactive', 'removed')", name="meters_status"),
+        CheckConstraint("multiplier > 0", name="meters_multiplier"),
+        CheckConstraint("register_max_wh > 0", name="meters_register_max"),
+    )
+
+    meter_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    protocol: Mapped[str] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(Text)
+    concentrator_id: Mapped[str | None] = mapped_column(ForeignKey("concentrators.concentrator_id"), index=True)
+    region: Mapped[str | None] = mapped_column(Text, index=True)
+    status: Mapped[str] = mapped_column(Text, server_default="active")
+    multiplier: Mapped[int] = mapped_column(Integer, server_default="1")
+    register_max_wh: Mapped[int] = mapped_column(BigInteger, server_default=str(DEFAULT_REGISTER_MAX_WH))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ControlledSwitch(Base):
+    """A customer's controlled switch (接控开关) registered by field staff; commissioning comes later."""
+
+    __tablename__ = "controlled_switches"
+    __table_args__ = (
+        CheckConstraint(
+            "commissioning_state IN ('registered', 'testing', 'commissioned', 'failed', 'decommissioned')",
+            name="controlled_switches_state",
+        ),
+    )
+
+    switch_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    switch_number: Mapped[str] = mapped_column(Text, unique=True)
+    controlled_device: Mapped[str] = mapped_column(Text)
+    meter_id: Mapped[str] = mapped_column(ForeignKey("meters.meter_id"), index=True)
+    location: Mapped[str | None] = mapped_column(Text)
+    registered_by: Mapped[str] = mapped_column(Text)
+    registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    commissioning_state: Mapped[str] = mapped_column(Text, server_default="registered")
+
+
+class Reading(Base):
+    """One register reading; unique on meter and time. Partitioned (or a hypertable) by `ts`."""
+
+    __tablename__ = "readings"
+
+    meter_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    energy_import_wh: Mapped[int] = mapped_column(BigInteger)
+    energy_export_wh: Mapped[int | None] = mapped_column(BigInteger)
+    power_w: Mapped[int | None] = mapped_column(Integer)
+    voltage_v: Mapped[float | None] = mapped_column(Float)
+    relay_state: Mapped[str | None] = mapped_column(Text)
+    quality_flags: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    source: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DeadLetter(Base):
+    """A message, or one entry of a concentrator message, that could not be stored, with the reason."""
+
+    __tablename__ = "dead_letters"
+
+    dead_letter_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str] = mapped_column(Text)
+    topic: Mapped[str] = mapped_column(Text)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    item_index: Mapped[int | None] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    payload_sha256: Mapped[bytes] = mapped_column(LargeBinary)

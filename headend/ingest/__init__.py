@@ -1,0 +1,1 @@
+"""MQTT collection: decode, validate, write in batches, acknowledge after commit."""

@@ -1,0 +1,202 @@
+"""The ingest worker: subscribe, batch, write, and acknowledge each message only after its rows are committed."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+from paho.mqtt.reasoncodes import ReasonCode
+
+from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, libpq_dsn
+from headend.db.partitions import days_around
+from headend.ingest.messages import Decoded, InboundMessage, decode_message
+from headend.ingest.writer import ReadingWriter, WriteResult
+from headend.mqtt_client import connect, make_client
+from headend.settings import Settings
+from protocols.mqtt_topics import READINGS_FILTERS
+
+log = logging.getLogger(__name__)
+
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 10.0
+PARTITION_CHECK_EVERY_S = 3600.0
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Running totals of one worker."""
+
+    messages: int = 0
+    readings_inserted: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    db_retries: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def add(self, messages: int, result: WriteResult) -> None:
+        """Count one committed batch."""
+        self.messages += messages
+        self.readings_inserted += result.inserted
+        self.duplicates += result.duplicates
+        self.dead_letters += result.dead_letters
+        self.batches += 1
+
+
+def subscription_filters(settings: Settings) -> list[str]:
+    """Topic filters to subscribe, shared among the group's workers when a group is configured."""
+    if settings.mqtt_shared_group:
+        return [f"$share/{settings.mqtt_shared_group}/{f}" for f in READINGS_FILTERS]
+    return list(READINGS_FILTERS)
+
+
+class IngestWorker:
+    """One ingest worker process; `run` blocks until `stop` is called."""
+
+    def __init__(self, settings: Settings, database_url: str) -> None:
+        self._settings = settings
+        self._dsn = libpq_dsn(database_url)
+        self._inbox: queue.Queue[InboundMessage] = queue.Queue()
+        self._stop = threading.Event()
+        self._connected = threading.Event()
+        self._generation = 0
+        self.stats = IngestStats()
+        self._conn: psycopg.Connection[Any] | None = None
+        self._writer: ReadingWriter | None = None
+        self._client = make_client(settings, settings.mqtt_client_id, manual_ack=True, persistent=True)
+        self._client.on_connect = self._on_connect
+        self._client.on_message = self._on_message
+        self._client.on_disconnect = self._on_disconnect
+
+    def stop(self) -> None:
+        """Ask the worker to finish its current batch and return."""
+        self._stop.set()
+
+    @property
+    def connected(self) -> threading.Event:
+        """Set while the worker is connected and subscribed."""
+        return self._connected
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection: %s", reason)
+            return
+        self._generation += 1
+        client.subscribe([(f, 1) for f in subscription_filters(self._settings)])
+        log.info("connected to the broker (session present: %s)", flags.session_present)
+        self._connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        self._connected.clear()
+        if not self._stop.is_set():
+            log.warning("disconnected from the broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._inbox.put(
+            InboundMessage(
+                message.topic, bytes(message.payload), datetime.now(UTC), message.mid, message.qos, self._generation
+            )
+        )
+
+    def _next_batch(self) -> list[InboundMessage]:
+        try:
+            first = self._inbox.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self._settings.ingest_batch_wait_ms / 1000
+        limit = self._settings.ingest_batch_rows
+        rows = len(first.payload) // 80 + 1  # a cheap size estimate; exact counts come after decoding
+        while rows < limit:
+            remaining = deadline - time.monotonic()
+            try:
+                message = self._inbox.get_nowait() if remaining <= 0 else self._inbox.get(timeout=remaining)
+            except queue.Empty:
+                break
+            batch.append(message)
+            rows += len(message.payload) // 80 + 1
+        return batch
+
+    def _open_writer(self) -> tuple[psycopg.Connection[Any], ReadingWriter]:
+        conn = psycopg.connect(self._dsn, autocommit=True)
+        options = SchemaOptions.from_rows(conn.execute(SCHEMA_OPTIONS_SQL).fetchall())
+        writer = ReadingWriter(conn, options, timedelta(seconds=self._settings.future_tolerance_s))
+        return conn, writer
+
+    def _write_with_retry(self, decoded: Decoded) -> WriteResult | None:
+        """Write until it commits; None if asked to stop first (the batch stays unacknowledged)."""
+        delay = RETRY_MIN_S
+        while True:
+            try:
+                if self._writer is None:
+                    self._conn, self._writer = self._open_writer()
+                return self._writer.write(decoded, datetime.now(UTC))
+            except psycopg.Error as exc:
+                self.stats.db_retries += 1
+                log.warning("database write failed (%s); holding the batch and retrying in %.1f s", exc, delay)
+                self._close_writer()
+                if self._stop.wait(delay):
+                    return None
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    def _close_writer(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except psycopg.Error:
+                log.debug("closing a broken connection failed", exc_info=True)
+        self._conn, self._writer = None, None
+
+    def _create_partitions_ahead(self) -> None:
+        if self._writer is None:
+            return
+        today = datetime.now(UTC).date()
+        self._writer.ensure_partitions(set(days_around(today, 1, self._settings.partitions_ahead_days)))
+
+    def run(self) -> IngestStats:
+        """Consume until stopped; return the totals."""
+        connect(self._client, self._settings, persistent=True)
+        self._client.loop_start()
+        next_partition_check = 0.0
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() >= next_partition_check:
+                    try:
+                        if self._writer is None:
+                            self._conn, self._writer = self._open_writer()
+                        self._create_partitions_ahead()
+                        next_partition_check = time.monotonic() + PARTITION_CHECK_EVERY_S
+                    except psycopg.Error as exc:
+                        log.warning("could not create partitions ahead: %s", exc)
+                        self._close_writer()
+                        next_partition_check = time.monotonic() + RETRY_MAX_S
+                batch = self._next_batch()
+                if not batch:
+                    continue
+                decoded = Decoded()
+                for message in batch:
+                    decode_message(message, decoded)
+                result = self._write_with_retry(decoded)
+                if result is None:
+                    break
+                self._acknowledge(batch)
+                self.stats.add(len(batch), result)
+        finally:
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._close_writer()
+        return self.stats
+
+    def _acknowledge(self, batch: list[InboundMessage]) -> None:
+        # a message from before a reconnect is redelivered by the broker and acknowledged then
+        generation = self._generation
+        for message in batch:
+            if message.qos > 0 and message.generation == generation:
+                self._client.ack(message.mid, message.qos)

@@ -1,0 +1,193 @@
+"""Daily collection success: meters expected, read, complete, by concentrator or region, worst first."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+
+INTERVALS_PER_DAY = 96
+
+
+class GroupBy(StrEnum):
+    """How the report is broken down."""
+
+    CONCENTRATOR = "concentrator"
+    REGION = "region"
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionCounts:
+    """Counts for the whole fleet or one group."""
+
+    expected: int
+    read: int
+    complete: int
+
+    @property
+    def rate(self) -> float:
+        """Meters read ÷ meters expected (1.0 when nothing is expected)."""
+        return self.read / self.expected if self.expected else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCounts:
+    """Counts of one concentrator or region."""
+
+    key: str
+    counts: CollectionCounts
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadMeter:
+    """An expected meter with no reading on the day; `last_reading_at` None means never read."""
+
+    meter_id: str
+    concentrator_id: str | None
+    region: str | None
+    last_reading_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionReport:
+    """The report for one local day."""
+
+    day: date
+    timezone: str
+    totals: CollectionCounts
+    groups: list[GroupCounts]
+    worst_concentrators: list[GroupCounts]
+    unread: list[UnreadMeter]
+    unread_total: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable JSON form printed by `headend collection-report --json`."""
+
+        def counts(c: CollectionCounts) -> dict[str, Any]:
+            return {**asdict(c), "rate": round(c.rate, 6)}
+
+        return {
+            "date": self.day.isoformat(),
+            "timezone": self.timezone,
+            **counts(self.totals),
+            "groups": [{"key": g.key, **counts(g.counts)} for g in self.groups],
+            "worst_concentrators": [{"concentrator_id": g.key, **counts(g.counts)} for g in self.worst_concentrators],
+            "unread_total": self.unread_total,
+            "unread_meters": [
+                {
+                    "meter_id": m.meter_id,
+                    "concentrator_id": m.concentrator_id,
+                    "region": m.region,
+                    "last_reading_at": None if m.last_reading_at is None else m.last_reading_at.isoformat(),
+                    "never_read": m.last_reading_at is None,
+                }
+                for m in self.unread
+            ],
+        }
+
+
+_PER_METER = """
+    SELECT m.meter_id, m.concentrator_id, m.region,
+           c.meter_id IS NOT NULL AS was_read,
+           coalesce(c.intervals_read, 0) >= %(intervals)s AS was_complete
+    FROM meters m
+    LEFT JOIN meter_day_collection c ON c.meter_id = m.meter_id AND c.day = %(day)s
+    WHERE m.status = 'active' AND m.created_at < %(day_end)s
+"""
+
+
+def _counts(row: tuple[Any, ...]) -> CollectionCounts:
+    return CollectionCounts(expected=int(row[0]), read=int(row[1] or 0), complete=int(row[2] or 0))
+
+
+def _grouped(
+    conn: psycopg.Connection[Any], column: str, params: dict[str, Any], limit: int | None
+) -> list[GroupCounts]:
+    assert column in ("concentrator_id", "region")
+    rows = conn.execute(
+        f"SELECT coalesce({column}, '(direct)'), count(*), count(*) FILTER (WHERE was_read), "
+        f"count(*) FILTER (WHERE was_complete) FROM ({_PER_METER}) pm GROUP BY 1 "
+        "ORDER BY count(*) FILTER (WHERE was_read)::float / count(*), count(*) DESC, 1"
+        + ("" if limit is None else f" LIMIT {int(limit)}"),
+        params,
+    ).fetchall()
+    return [GroupCounts(str(r[0]), _counts(r[1:])) for r in rows]
+
+
+def collection_report(
+    conn: psycopg.Connection[Any],
+    day: date,
+    zone: ZoneInfo,
+    *,
+    group_by: GroupBy | None = None,
+    worst: int = 10,
+    unread_limit: int = 50,
+) -> CollectionReport:
+    """Compute the collection report for the local day `day` in `zone`."""
+    day_end = datetime.combine(day + timedelta(days=1), time(), zone)
+    params: dict[str, Any] = {"day": day, "day_end": day_end, "intervals": INTERVALS_PER_DAY}
+    with conn.transaction():
+        total = conn.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE was_read), count(*) FILTER (WHERE was_complete) "
+            f"FROM ({_PER_METER}) pm",
+            params,
+        ).fetchone()
+        assert total is not None
+        groups = (
+            []
+            if group_by is None
+            else _grouped(conn, "concentrator_id" if group_by is GroupBy.CONCENTRATOR else "region", params, None)
+        )
+        worst_dcus = [g for g in _grouped(conn, "concentrator_id", params, worst + 1) if g.key != "(direct)"][:worst]
+        unread_rows = conn.execute(
+            f"SELECT pm.meter_id, pm.concentrator_id, pm.region, s.last_ts FROM ({_PER_METER}) pm "
+            "LEFT JOIN meter_register_state s USING (meter_id) WHERE NOT was_read "
+            "ORDER BY s.last_ts NULLS FIRST, pm.meter_id LIMIT %(limit)s",
+            {**params, "limit": unread_limit},
+        ).fetchall()
+    totals = _counts(total)
+    return CollectionReport(
+        day=day,
+        timezone=zone.key,
+        totals=totals,
+        groups=groups,
+        worst_concentrators=[g for g in worst_dcus if g.counts.read < g.counts.expected],
+        unread=[UnreadMeter(str(r[0]), r[1], r[2], r[3]) for r in unread_rows],
+        unread_total=totals.expected - totals.read,
+    )
+
+
+def format_report(report: CollectionReport) -> str:
+    """A plain-text rendering for operators."""
+    t = report.totals
+    lines = [
+        f"Collection report for {report.day.isoformat()} ({report.timezone})",
+        f"  meters expected : {t.expected}",
+        f"  read (≥1 value) : {t.read}  rate {t.rate:.2%}",
+        f"  complete ({INTERVALS_PER_DAY}/96): {t.complete}",
+    ]
+    if report.groups:
+        lines.append("  by group (worst first):")
+        lines += [
+            f"    {g.key:<24} {g.counts.read:>8}/{g.counts.expected:<8} {g.counts.rate:7.2%}"
+            f"  complete {g.counts.complete}"
+            for g in report.groups
+        ]
+    if report.worst_concentrators:
+        lines.append("  worst concentrators:")
+        lines += [
+            f"    {g.key:<24} {g.counts.read:>8}/{g.counts.expected:<8} {g.counts.rate:7.2%}"
+            for g in report.worst_concentrators
+        ]
+    if report.unread:
+        lines.append(f"  unread meters ({report.unread_total} in all, first {len(report.unread)}):")
+        lines += [
+            f"    {m.meter_id:<32} dcu {m.concentrator_id or '-':<16} "
+            f"last {'never' if m.last_reading_at is None else m.last_reading_at.isoformat()}"
+            for m in report.unread
+        ]
+    return "\n".join(lines)
