@@ -74,6 +74,7 @@ class IngestWorker:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
 
     def stop(self) -> None:
         """Ask the worker to finish its current batch and return."""
@@ -81,7 +82,7 @@ class IngestWorker:
 
     @property
     def connected(self) -> threading.Event:
-        """Set while the worker is connected and subscribed."""
+        """Set while the worker is connected and its subscriptions are acknowledged."""
         return self._connected
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
@@ -91,6 +92,14 @@ class IngestWorker:
         self._generation += 1
         client.subscribe([(f, 1) for f in subscription_filters(self._settings)])
         log.info("connected to the broker (session present: %s)", flags.session_present)
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
+    ) -> None:
+        refused = [r for r in reasons if r.is_failure]
+        if refused:
+            log.error("broker refused the subscription: %s", refused)
+            return
         self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
@@ -160,23 +169,28 @@ class IngestWorker:
         today = datetime.now(UTC).date()
         self._writer.ensure_partitions(set(days_around(today, 1, self._settings.partitions_ahead_days)))
 
+    def _maintain_partitions(self) -> float:
+        """Create partitions ahead; return when to check again (sooner after a failure)."""
+        try:
+            if self._writer is None:
+                self._conn, self._writer = self._open_writer()
+            self._create_partitions_ahead()
+        except psycopg.Error as exc:
+            log.warning("could not create partitions ahead: %s", exc)
+            self._close_writer()
+            return time.monotonic() + RETRY_MIN_S
+        return time.monotonic() + PARTITION_CHECK_EVERY_S
+
     def run(self) -> IngestStats:
         """Consume until stopped; return the totals."""
+        # partitions first, so that nothing is received before the table can take it
+        next_partition_check = self._maintain_partitions()
         connect(self._client, self._settings, persistent=True)
         self._client.loop_start()
-        next_partition_check = 0.0
         try:
             while not self._stop.is_set():
                 if time.monotonic() >= next_partition_check:
-                    try:
-                        if self._writer is None:
-                            self._conn, self._writer = self._open_writer()
-                        self._create_partitions_ahead()
-                        next_partition_check = time.monotonic() + PARTITION_CHECK_EVERY_S
-                    except psycopg.Error as exc:
-                        log.warning("could not create partitions ahead: %s", exc)
-                        self._close_writer()
-                        next_partition_check = time.monotonic() + RETRY_MAX_S
+                    next_partition_check = self._maintain_partitions()
                 batch = self._next_batch()
                 if not batch:
                     continue

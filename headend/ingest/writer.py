@@ -136,7 +136,7 @@ class ReadingWriter:
         dead = list(decoded.dead_letters)
         with self._conn.transaction():
             info = self._meter_info({item.reading.meter_id for item in decoded.readings})
-            rows = self._validate(decoded.readings, info, now, dead)
+            rows, valid = self._validate(decoded.readings, info, now, dead)
             inserted = 0
             if rows:
                 with self._conn.cursor().copy(_COPY_STAGE) as copy:
@@ -148,7 +148,7 @@ class ReadingWriter:
                 inserted = int(record[0])
             if dead:
                 self._record_dead_letters(dead)
-        return WriteResult(offered=len(rows), inserted=inserted, dead_letters=len(dead))
+        return WriteResult(offered=valid, inserted=inserted, dead_letters=len(dead))
 
     def _meter_info(self, meter_ids: set[str]) -> dict[str, MeterInfo]:
         if not meter_ids:
@@ -176,7 +176,8 @@ class ReadingWriter:
 
     def _validate(
         self, items: list[SourcedReading], info: dict[str, MeterInfo], now: datetime, dead: list[DeadLetter]
-    ) -> list[tuple[object, ...]]:
+    ) -> tuple[list[tuple[object, ...]], int]:
+        """Rows to stage (one per meter and time) and the count of valid readings including repeats."""
         by_meter: dict[str, list[SourcedReading]] = defaultdict(list)
         for item in items:
             meter_id = item.reading.meter_id
@@ -231,7 +232,7 @@ class ReadingWriter:
                         item.received_at,
                     )
                 )
-        return rows
+        return rows, sum(len(group) for group in by_meter.values())
 
     @staticmethod
     def _dead_letter(item: SourcedReading, reason: str) -> DeadLetter:

@@ -168,7 +168,7 @@ def format_report(report: CollectionReport) -> str:
         f"Collection report for {report.day.isoformat()} ({report.timezone})",
         f"  meters expected : {t.expected}",
         f"  read (≥1 value) : {t.read}  rate {t.rate:.2%}",
-        f"  complete ({INTERVALS_PER_DAY}/96): {t.complete}",
+        f"  complete (all {INTERVALS_PER_DAY} intervals): {t.complete}",
     ]
     if report.groups:
         lines.append("  by group (worst first):")

@@ -1,0 +1,5 @@
+"""`python -m headend` runs the command line."""
+
+from headend.cli import app
+
+app()

@@ -1,0 +1,31 @@
+"""Resolve the database and broker a command uses: the configured ones, or embedded ones."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from headend.db.engine import libpq_dsn
+from headend.embedded import embedded_postgres
+from headend.settings import Settings
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """The configured HEADEND_DATABASE_URL, or the URL of the embedded server kept in HEADEND_DATA_DIR."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    with embedded_postgres(Path(settings.data_dir)) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def connect_database(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit psycopg connection (transactions are explicit) closed on exit."""
+    with psycopg.connect(libpq_dsn(url), autocommit=True) as conn:
+        yield conn

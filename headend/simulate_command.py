@@ -1,0 +1,191 @@
+"""`headend simulate`: run a simulated meter fleet against the MQTT broker, or write its registry CSV."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+import typer
+
+from headend.settings import Settings
+from simulators.clock import INTERVAL, INTERVALS_PER_DAY, SimClock, floor_to_grid, is_on_grid, parse_speed
+from simulators.faults import FaultConfig
+from simulators.fleet import Fleet, build_fleet, write_registry_csv
+from simulators.fleet_sim import FleetSimulation, SimulationCounts
+from simulators.publisher import BrokerConfig, BrokerError, run_simulation
+
+DEFAULT_INTERVALS = INTERVALS_PER_DAY
+
+
+def _fraction(value: float, option: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise typer.BadParameter(f"{value} is not within 0..1", param_hint=option)
+    return value
+
+
+def _regions(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not text.strip() or any(not name for name in names):
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of region names", param_hint="--regions")
+    return names
+
+
+def _interval_count(intervals: int | None, days: int | None) -> int:
+    if intervals is not None and days is not None:
+        raise typer.BadParameter("give either --intervals or --days, not both", param_hint="--intervals/--days")
+    if intervals is not None:
+        if intervals < 1:
+            raise typer.BadParameter(f"{intervals} is not a positive number of intervals", param_hint="--intervals")
+        return intervals
+    if days is not None:
+        if days < 1:
+            raise typer.BadParameter(f"{days} is not a positive number of days", param_hint="--days")
+        return days * INTERVALS_PER_DAY
+    return DEFAULT_INTERVALS
+
+
+def _start(text: str | None, count: int, zone: ZoneInfo) -> datetime:
+    if text is None:
+        # end at the latest 15-minute mark, so that no reading lies in the future
+        return floor_to_grid(datetime.now(zone)) - (count - 1) * INTERVAL
+    try:
+        start = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not an ISO 8601 time", param_hint="--start") from None
+    if start.utcoffset() is None:
+        raise typer.BadParameter(f"{text!r} has no UTC offset; add one, e.g. +08:00", param_hint="--start")
+    if not is_on_grid(start):
+        raise typer.BadParameter(f"{text!r} is not on the 15-minute grid (:00, :15, :30, :45)", param_hint="--start")
+    return start.astimezone(zone)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by Ctrl-C or SIGTERM while the block runs, so the run ends cleanly."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _describe(fleet: Fleet) -> str:
+    direct = len(fleet.direct_meters)
+    return (
+        f"fleet: {len(fleet.meters)} meters ({direct} direct, {len(fleet.meters) - direct} behind "
+        f"{len(fleet.concentrators)} concentrators), seed {fleet.seed}"
+    )
+
+
+def simulate(
+    meters: Annotated[int, typer.Option(help="number of meters")] = 100,
+    concentrators: Annotated[int, typer.Option(help="number of data concentrators (0: every meter direct)")] = 2,
+    regions: Annotated[str, typer.Option(help="comma-separated region names")] = "north,south",
+    direct_share: Annotated[float, typer.Option(help="share of meters publishing directly, 0..1")] = 0.2,
+    seed: Annotated[int, typer.Option(help="seed of every random choice; same seed, same run")] = 1,
+    id_prefix: Annotated[str, typer.Option(help="prefix of simulated meter and concentrator ids")] = "SIM",
+    start: Annotated[
+        str | None, typer.Option(help="first reading time, ISO 8601 with offset [default: ends now]")
+    ] = None,
+    intervals: Annotated[int | None, typer.Option(help="15-minute intervals to simulate [default: 96]")] = None,
+    days: Annotated[int | None, typer.Option(help="days to simulate (96 intervals each)")] = None,
+    speed: Annotated[str, typer.Option(help="simulated seconds per real second, or 'max'")] = "900",
+    registry_csv: Annotated[Path | None, typer.Option(help="write the fleet's meter registry CSV here")] = None,
+    registry_only: Annotated[bool, typer.Option(help="write --registry-csv and exit without publishing")] = False,
+    offline_fraction: Annotated[float, typer.Option(help="share of meters that publish nothing")] = 0.0,
+    drop_rate: Annotated[float, typer.Option(help="probability a message is lost")] = 0.0,
+    duplicate_rate: Annotated[float, typer.Option(help="probability a message is sent twice")] = 0.0,
+    reorder_rate: Annotated[float, typer.Option(help="probability a message arrives intervals late")] = 0.0,
+    drift_fraction: Annotated[float, typer.Option(help="share of meters whose clock drifts off the grid")] = 0.0,
+    rollover_fraction: Annotated[float, typer.Option(help="share of meters whose register wraps to 0")] = 0.0,
+    host: Annotated[str | None, typer.Option(help="MQTT broker host [default: HEADEND_MQTT_HOST or 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="MQTT broker port [default: HEADEND_MQTT_PORT]")] = None,
+) -> None:
+    """Simulate a meter fleet publishing readings over MQTT, with faults on demand."""
+    if meters < 1:
+        raise typer.BadParameter(f"{meters} is not a positive number of meters", param_hint="--meters")
+    if concentrators < 0:
+        raise typer.BadParameter(f"{concentrators} must not be negative", param_hint="--concentrators")
+    if port is not None and not 1 <= port <= 65535:
+        raise typer.BadParameter(f"{port} is outside 1..65535", param_hint="--port")
+    if registry_only and registry_csv is None:
+        raise typer.BadParameter("--registry-only needs --registry-csv PATH", param_hint="--registry-only")
+    region_names = _regions(regions)
+    count = _interval_count(intervals, days)
+    try:
+        speed_factor = parse_speed(speed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--speed") from None
+    try:
+        faults = FaultConfig(
+            offline_fraction=_fraction(offline_fraction, "--offline-fraction"),
+            drop_rate=_fraction(drop_rate, "--drop-rate"),
+            duplicate_rate=_fraction(duplicate_rate, "--duplicate-rate"),
+            reorder_rate=_fraction(reorder_rate, "--reorder-rate"),
+            drift_fraction=_fraction(drift_fraction, "--drift-fraction"),
+            rollover_fraction=_fraction(rollover_fraction, "--rollover-fraction"),
+        )
+        fleet = build_fleet(
+            meters, concentrators, region_names, seed, _fraction(direct_share, "--direct-share"), id_prefix=id_prefix
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    if registry_csv is not None:
+        try:
+            rows = write_registry_csv(fleet, registry_csv)
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot write {registry_csv}: {exc}", param_hint="--registry-csv") from None
+        typer.echo(f"wrote {rows} meters to {registry_csv}")
+        if registry_only:
+            return
+
+    settings = Settings()
+    zone = settings.zone
+    clock = SimClock(_start(start, count, zone), speed_factor)
+    broker = BrokerConfig(
+        host=host or settings.mqtt_host or "127.0.0.1",
+        port=port or settings.mqtt_port,
+        username=settings.mqtt_username,
+        password=settings.mqtt_password,
+    )
+    simulation = FleetSimulation(fleet, faults, zone=zone)
+    typer.echo(_describe(fleet))
+    typer.echo(
+        f"publishing {count} intervals from {clock.start.isoformat()} at "
+        f"{'max speed' if speed_factor is None else f'{speed_factor:g}x'} to {broker.host}:{broker.port}"
+    )
+
+    def progress(instant: datetime, counts: SimulationCounts) -> None:
+        if counts.intervals % INTERVALS_PER_DAY == 0:
+            typer.echo(f"{instant.isoformat()}: {counts.messages} messages, {counts.readings} readings")
+
+    with _stop_on_signals() as stop:
+        try:
+            stats = run_simulation(simulation, clock, count, broker, stop=stop, progress=progress)
+        except BrokerError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    for line in stats.lines():
+        typer.echo(line)
+    if stats.messages_unconfirmed:
+        typer.echo(f"error: {stats.messages_unconfirmed} messages were not acknowledged by the broker", err=True)
+        raise typer.Exit(1)
+    if stats.interrupted:
+        raise typer.Exit(130)

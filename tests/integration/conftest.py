@@ -1,0 +1,158 @@
+"""Fixtures for integration tests: a fresh migrated database on the real PostgreSQL, the real Mosquitto."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy.engine import make_url
+
+from headend.db.migrate import migrate
+from headend.mqtt_client import connect, make_client
+from headend.registry import MeterRow, import_meters
+from headend.settings import Settings
+
+ADMIN_URL = os.environ.get("HEADEND_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+MQTT_HOST = os.environ.get("HEADEND_TEST_MQTT_HOST", "127.0.0.1")
+MQTT_PORT = int(os.environ.get("HEADEND_TEST_MQTT_PORT", "1883"))
+
+pytestmark = pytest.mark.integration
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` until true; fail the test with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A freshly created and migrated database, dropped afterwards."""
+    name = f"headend_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
+        yield url
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the test database."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+def count(conn: psycopg.Connection[Any], sql: str, *params: object) -> int:
+    """The single integer a query returns."""
+    row = conn.execute(sql, params or None).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def register(conn: psycopg.Connection[Any], meter_ids: list[str], *, concentrator: str | None = None,
+             region: str = "test", status: str = "active") -> None:
+    """Register meters directly through the registry import."""
+    rows = [MeterRow(m, "mqtt", concentrator, region, None, 1, status, None) for m in meter_ids]
+    import_meters(conn, rows)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for ids, topics and client ids of one test."""
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+def settings_for(unique: str) -> Iterator[Callable[..., Settings]]:
+    """Settings of an ingest worker on the test broker, in a shared group unique to this test."""
+    created: list[Settings] = []
+
+    def make(database_url: str, client_suffix: str = "a") -> Settings:
+        settings = Settings(
+            database_url=database_url,
+            mqtt_host=MQTT_HOST,
+            mqtt_port=MQTT_PORT,
+            mqtt_client_id=f"test-ingest-{unique}-{client_suffix}",
+            mqtt_shared_group=f"g{unique}",
+            ingest_batch_wait_ms=20,
+        )
+        created.append(settings)
+        return settings
+
+    yield make
+    for settings in created:
+        purge_session(settings)
+
+
+def purge_session(settings: Settings) -> None:
+    """Delete the broker-side persistent session of a test worker so it cannot hold messages later."""
+    client = make_client(settings, settings.mqtt_client_id, manual_ack=False, persistent=False)
+    done = threading.Event()
+    client.on_connect = lambda *args: done.set()
+    connect(client, settings, persistent=False)
+    client.loop_start()
+    done.wait(5)
+    client.disconnect()
+    client.loop_stop()
+
+
+class Publisher:
+    """A QoS 1 publisher on the test broker that waits until every message is acknowledged."""
+
+    def __init__(self) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-pub-{uuid.uuid4().hex[:8]}")
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.connect(MQTT_HOST, MQTT_PORT)
+        self.client.loop_start()
+        self._pending: list[mqtt.MQTTMessageInfo] = []
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        """Queue one QoS 1 message."""
+        info = self.client.publish(topic, payload, qos=1)
+        assert info.rc == mqtt.MQTT_ERR_SUCCESS, info.rc
+        self._pending.append(info)
+
+    def flush(self, timeout_s: float = 30) -> None:
+        """Wait until the broker has acknowledged everything published so far."""
+        for info in self._pending:
+            info.wait_for_publish(timeout_s)
+            assert info.is_published()
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Disconnect."""
+        self.flush()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@pytest.fixture
+def publisher() -> Iterator[Publisher]:
+    """A publisher closed after the test."""
+    pub = Publisher()
+    yield pub
+    pub.close()
