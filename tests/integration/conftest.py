@@ -66,8 +66,14 @@ def count(conn: psycopg.Connection[Any], sql: str, *params: object) -> int:
     return int(row[0])
 
 
-def register(conn: psycopg.Connection[Any], meter_ids: list[str], *, concentrator: str | None = None,
-             region: str = "test", status: str = "active") -> None:
+def register(
+    conn: psycopg.Connection[Any],
+    meter_ids: list[str],
+    *,
+    concentrator: str | None = None,
+    region: str = "test",
+    status: str = "active",
+) -> None:
     """Register meters directly through the registry import."""
     rows = [MeterRow(m, "mqtt", concentrator, region, None, 1, status, None) for m in meter_ids]
     import_meters(conn, rows)

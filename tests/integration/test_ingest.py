@@ -60,14 +60,21 @@ def test_n_readings_become_n_rows(
         for i, meter_id in enumerate(meters[:20]):
             publisher.publish(*meter_message(meter_id, slot, 1000 * i + slot * 7))
         readings = [MeterReading(m, local_ts(slot), 500 + slot) for m in meters[20:]]
-        publisher.publish(f"concentrators/d{unique}/readings",
-                          encode_concentrator_batch(f"d{unique}", local_ts(slot), readings))
+        publisher.publish(
+            f"concentrators/d{unique}/readings", encode_concentrator_batch(f"d{unique}", local_ts(slot), readings)
+        )
     publisher.flush()
     wait_for(lambda: count(db, "SELECT count(*) FROM readings") == 400, 30, "400 rows")
     assert count(db, "SELECT count(*) FROM dead_letters") == 0
     # the daily statistics follow the rows exactly: 10 readings in 10 distinct slots for each of 40 meters
-    assert count(db, "SELECT count(*) FROM meter_day_collection WHERE day = '2026-11-20' "
-                     "AND readings_count = 10 AND intervals_read = 10") == 40
+    assert (
+        count(
+            db,
+            "SELECT count(*) FROM meter_day_collection WHERE day = '2026-11-20' "
+            "AND readings_count = 10 AND intervals_read = 10",
+        )
+        == 40
+    )
     assert count(db, "SELECT count(*) FROM meter_register_state") == 40
     assert count(db, "SELECT count(*) FROM readings WHERE quality_flags <> 0") == 0
 
@@ -102,9 +109,12 @@ def test_bad_messages_go_to_dead_letters_and_ingest_goes_on(
     }
     for topic, payload in cases.items():
         publisher.publish(topic, payload)
-    publisher.publish(f"meters/{good}/readings", json.dumps({"ts": "2026-11-20T10:00:00", "energy_import_wh": 1}).encode())
+    naive = {"ts": "2026-11-20T10:00:00", "energy_import_wh": 1}
+    publisher.publish(f"meters/{good}/readings", json.dumps(naive).encode())
     publisher.publish(f"meters/{good}/readings", encode_meter_reading(MeterReading(good, future, 9)))
-    publisher.publish(f"meters/{good}/readings", json.dumps({"ts": local_ts(2).isoformat(), "energy_import_wh": 1.5}).encode())
+    publisher.publish(
+        f"meters/{good}/readings", json.dumps({"ts": local_ts(2).isoformat(), "energy_import_wh": 1.5}).encode()
+    )
     publisher.publish(*meter_message(good, 3, 42))
     publisher.flush()
     wait_for(lambda: count(db, "SELECT count(*) FROM readings") == 1, 30, "the good reading")
@@ -137,8 +147,9 @@ def test_register_decrease_and_rollover_are_stored_and_flagged(
     publisher.publish(*meter_message(reset, 2, 20))
     publisher.flush()
     wait_for(lambda: count(db, "SELECT count(*) FROM readings") == 5, 30, "all readings")
-    flags = dict(db.execute("SELECT meter_id || '@' || extract(epoch FROM ts)::bigint, quality_flags FROM readings")
-                 .fetchall())
+    flags = dict(
+        db.execute("SELECT meter_id || '@' || extract(epoch FROM ts)::bigint, quality_flags FROM readings").fetchall()
+    )
     assert flags[f"{rolling}@{int(local_ts(1).timestamp())}"] == QualityFlag.ROLLOVER
     assert flags[f"{reset}@{int(local_ts(1).timestamp())}"] == QualityFlag.REGISTER_DECREASE
     assert flags[f"{reset}@{int(local_ts(2).timestamp())}"] == 0
@@ -148,8 +159,13 @@ def test_partitions_are_created_ahead_and_on_demand(
     db: psycopg.Connection[Any], unique: str, running_worker: IngestWorker, publisher: Publisher
 ) -> None:
     today = datetime.now(UTC).date()
-    names = {n for (n,) in db.execute("SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-                                      "WHERE i.inhparent = 'readings'::regclass")}
+    names = {
+        n
+        for (n,) in db.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'readings'::regclass"
+        )
+    }
     for offset in range(8):
         assert f"readings_p{today + timedelta(days=offset):%Y%m%d}" in names
     old = f"o{unique}"
@@ -173,7 +189,9 @@ def test_database_connection_lost_holds_and_retries(
         while not stop.wait(0.05):
             db_killer.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
-                "AND pid <> %s", (dbname, db.info.backend_pid))
+                "AND pid <> %s",
+                (dbname, db.info.backend_pid),
+            )
 
     with psycopg.connect(database_url, autocommit=True) as db_killer:
         killer = threading.Thread(target=keep_killing)
@@ -203,7 +221,10 @@ def _worker_process(settings: Settings) -> subprocess.Popen[str]:
     }
     return subprocess.Popen(
         [sys.executable, "-m", "headend", "--log-level", "info", "ingest"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -212,10 +233,12 @@ def _wait_subscribed(process: subprocess.Popen[str], db: psycopg.Connection[Any]
     probe = f"p{settings.mqtt_client_id[-12:]}".replace("-", "")
     register(db, [probe])
     with Publisher() as pub:
+
         def stored() -> bool:
             pub.publish(*meter_message(probe, 0, 1))
             pub.flush()
             return count(db, "SELECT count(*) FROM readings WHERE meter_id = %s", probe) == 1
+
         wait_for(stored, 30, "worker subscribed")
         assert process.poll() is None
 
@@ -237,8 +260,12 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(
         with Publisher() as pub:
             for slot in range(60):
                 for d, ids in meters.items():
-                    pub.publish(f"concentrators/{d}/readings", encode_concentrator_batch(
-                        d, local_ts(slot), [MeterReading(m, local_ts(slot), slot * 10) for m in ids]))
+                    pub.publish(
+                        f"concentrators/{d}/readings",
+                        encode_concentrator_batch(
+                            d, local_ts(slot), [MeterReading(m, local_ts(slot), slot * 10) for m in ids]
+                        ),
+                    )
                 if slot % 10 == 0:
                     pub.flush()
         published.set()
@@ -260,8 +287,9 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(
         process.communicate(timeout=30)
     assert stored_at_kill < expected
     assert count(db, "SELECT count(*) FROM readings WHERE meter_id LIKE %s", f"d{unique}%") == expected
-    assert count(db, "SELECT sum(readings_count) FROM collection_daily WHERE meter_id LIKE %s", f"d{unique}%") \
-        == expected
+    assert (
+        count(db, "SELECT sum(readings_count) FROM collection_daily WHERE meter_id LIKE %s", f"d{unique}%") == expected
+    )
 
 
 def test_two_workers_share_the_load_without_loss(
