@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import threading
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
@@ -14,15 +15,18 @@ from typing import Annotated
 import typer
 
 from headend.db.migrate import migrate as run_migrations
+from headend.demo import DemoOptions, run_demo
 from headend.ingest.worker import IngestWorker
 from headend.registry import RegistryFileError, import_meters, read_registry_file
 from headend.reports.collection import GroupBy, collection_report, format_report
 from headend.services import connect_database, database_url
 from headend.settings import Settings
+from headend.simulate_command import simulate
 
 app = typer.Typer(help="Head-end and prepaid control system for electricity meters.", no_args_is_help=True)
 meters_app = typer.Typer(help="Meter registry.", no_args_is_help=True)
 app.add_typer(meters_app, name="meters")
+app.command("simulate")(simulate)
 log = logging.getLogger("headend")
 
 
@@ -130,3 +134,33 @@ def collection_report_command(
     with database_url(settings) as url, connect_database(url) as conn:
         report = collection_report(conn, report_day, settings.zone, group_by=by, unread_limit=unread_limit)
     typer.echo(json.dumps(report.to_json(), ensure_ascii=False) if as_json else format_report(report))
+
+
+@app.command()
+def demo(
+    meters: Annotated[int, typer.Option(min=1, max=100_000, help="Simulated meters.")] = 200,
+    concentrators: Annotated[int, typer.Option(min=0, max=1000, help="Simulated concentrators.")] = 4,
+    days: Annotated[int, typer.Option(min=1, max=31, help="Days to simulate, ending yesterday.")] = 1,
+    speed: Annotated[float, typer.Option(min=0, help="Simulated seconds per real second; 0 for max.")] = 900.0,
+    offline_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of meters that never report.")] = 0.02,
+    drop_rate: Annotated[float, typer.Option(min=0, max=1, help="Probability a message is lost.")] = 0.002,
+) -> None:
+    """Run everything on this machine: embedded database and broker (unless configured), ingest, a fleet."""
+    settings = load_settings()
+    options = DemoOptions(
+        meters=meters,
+        concentrators=concentrators,
+        days=days,
+        speed=speed or None,
+        offline_fraction=offline_fraction,
+        drop_rate=drop_rate,
+    )
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    report = run_demo(settings, options, typer.echo, stop)
+    typer.echo(format_report(report))

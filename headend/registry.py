@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import psycopg
 from protocols.readings import is_valid_id
 
 REQUIRED_COLUMNS = ("meter_id", "protocol", "concentrator_id", "region")
-OPTIONAL_COLUMNS = ("model", "multiplier", "status", "register_max_wh")
+OPTIONAL_COLUMNS = ("model", "multiplier", "status", "register_max_wh", "installed_on")
 PROTOCOLS = ("mqtt", "modbus")
 STATUSES = ("active", "inactive", "removed")
 
@@ -30,6 +31,7 @@ class MeterRow:
     multiplier: int
     status: str
     register_max_wh: int | None
+    installed_on: date | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,11 @@ def parse_row(record: dict[str, str]) -> MeterRow:
         raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
     multiplier = _positive_int(get["multiplier"], "multiplier") if get.get("multiplier") else 1
     register_max = get.get("register_max_wh")
+    installed = get.get("installed_on")
+    try:
+        installed_on = date.fromisoformat(installed) if installed else None
+    except ValueError:
+        raise ValueError(f"installed_on {installed!r} is not a date YYYY-MM-DD") from None
     return MeterRow(
         meter_id=meter_id,
         protocol=protocol,
@@ -94,6 +101,7 @@ def parse_row(record: dict[str, str]) -> MeterRow:
         multiplier=multiplier,
         status=status,
         register_max_wh=_positive_int(register_max, "register_max_wh") if register_max else None,
+        installed_on=installed_on,
     )
 
 
@@ -144,11 +152,11 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
     with conn.transaction():
         conn.execute(
             "CREATE TEMP TABLE import_meters (meter_id text, protocol text, concentrator_id text, region text, "
-            "model text, multiplier int, status text, register_max_wh bigint) ON COMMIT DROP"
+            "model text, multiplier int, status text, register_max_wh bigint, installed_on date) ON COMMIT DROP"
         )
         with conn.cursor().copy(
             "COPY import_meters (meter_id, protocol, concentrator_id, region, model, multiplier, status, "
-            "register_max_wh) FROM STDIN"
+            "register_max_wh, installed_on) FROM STDIN"
         ) as copy:
             for r in rows:
                 copy.write_row(
@@ -161,6 +169,7 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
                         r.multiplier,
                         r.status,
                         r.register_max_wh,
+                        r.installed_on,
                     )
                 )
         created_dcus = conn.execute(
@@ -173,18 +182,20 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
             """
             WITH up AS (
                 INSERT INTO meters AS m (meter_id, protocol, concentrator_id, region, model, multiplier, status,
-                                         register_max_wh)
+                                         register_max_wh, installed_on)
                 SELECT meter_id, protocol, concentrator_id, region, model, multiplier, status,
-                       coalesce(register_max_wh, 999999990)
+                       coalesce(register_max_wh, 999999990), installed_on
                 FROM import_meters ORDER BY meter_id
                 ON CONFLICT (meter_id) DO UPDATE SET
                     protocol = excluded.protocol, concentrator_id = excluded.concentrator_id,
                     region = excluded.region, model = excluded.model, multiplier = excluded.multiplier,
-                    status = excluded.status, register_max_wh = excluded.register_max_wh, updated_at = now()
-                WHERE (m.protocol, m.concentrator_id, m.region, m.model, m.multiplier, m.status, m.register_max_wh)
+                    status = excluded.status, register_max_wh = excluded.register_max_wh,
+                    installed_on = excluded.installed_on, updated_at = now()
+                WHERE (m.protocol, m.concentrator_id, m.region, m.model, m.multiplier, m.status, m.register_max_wh,
+                       m.installed_on)
                       IS DISTINCT FROM (excluded.protocol, excluded.concentrator_id, excluded.region,
                                         excluded.model, excluded.multiplier, excluded.status,
-                                        excluded.register_max_wh)
+                                        excluded.register_max_wh, excluded.installed_on)
                 RETURNING (xmax = 0) AS created
             )
             SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM up

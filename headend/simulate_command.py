@@ -109,6 +109,7 @@ def simulate(
     registry_csv: Annotated[Path | None, typer.Option(help="write the fleet's meter registry CSV here")] = None,
     registry_only: Annotated[bool, typer.Option(help="write --registry-csv and exit without publishing")] = False,
     offline_fraction: Annotated[float, typer.Option(help="share of meters that publish nothing")] = 0.0,
+    offline_ids: Annotated[str, typer.Option(help="comma-separated meter ids that publish nothing")] = "",
     drop_rate: Annotated[float, typer.Option(help="probability a message is lost")] = 0.0,
     duplicate_rate: Annotated[float, typer.Option(help="probability a message is sent twice")] = 0.0,
     reorder_rate: Annotated[float, typer.Option(help="probability a message arrives intervals late")] = 0.0,
@@ -135,6 +136,7 @@ def simulate(
     try:
         faults = FaultConfig(
             offline_fraction=_fraction(offline_fraction, "--offline-fraction"),
+            offline_ids=frozenset(i.strip() for i in offline_ids.split(",") if i.strip()),
             drop_rate=_fraction(drop_rate, "--drop-rate"),
             duplicate_rate=_fraction(duplicate_rate, "--duplicate-rate"),
             reorder_rate=_fraction(reorder_rate, "--reorder-rate"),
@@ -146,6 +148,9 @@ def simulate(
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    unknown = faults.offline_ids - {m.meter_id for m in fleet.meters}
+    if unknown:
+        raise typer.BadParameter(f"not in the fleet: {', '.join(sorted(unknown))}", param_hint="--offline-ids")
 
     if registry_csv is not None:
         try:

@@ -19,6 +19,7 @@ from protocols.readings import (
 
 MAX_REGISTER_WH = 2**63 - 1
 MAX_VOLTAGE_V = 100_000.0
+_BATCH_FIELDS = frozenset({"sent_at", "readings"})
 _READING_FIELDS = frozenset(
     {"meter_id", "ts", "energy_import_wh", "energy_export_wh", "power_w", "voltage_v", "relay", "seq"}
 )
@@ -27,7 +28,10 @@ _READING_FIELDS = frozenset(
 def _load_object(payload: bytes) -> dict[str, Any]:
     try:
         value = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise PayloadError("payload is not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        # JSONDecodeError, UnicodeDecodeError, and int() refusing an integer of thousands of digits
         raise PayloadError(f"payload is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise PayloadError("payload is not a JSON object")
@@ -99,6 +103,9 @@ def decode_meter_reading(meter_id: str, payload: bytes) -> MeterReading:
 def decode_concentrator_batch(dcu_id: str, payload: bytes) -> ConcentratorBatch:
     """Decode the payload of `concentrators/{dcu_id}/readings`, keeping bad entries apart."""
     obj = _load_object(payload)
+    unknown = obj.keys() - _BATCH_FIELDS
+    if unknown:
+        raise PayloadError(f"unknown field(s): {', '.join(sorted(unknown))}")
     sent_at = parse_timestamp(obj.get("sent_at"), "sent_at")
     items = obj.get("readings")
     if not isinstance(items, list):

@@ -102,7 +102,7 @@ def plan_faults(config: FaultConfig, meter_ids: Sequence[str], seed: int) -> Fau
     unknown = config.offline_ids - set(meter_ids)
     if unknown:
         raise ValueError(f"offline ids not in the fleet: {', '.join(sorted(unknown))}")
-    rng = random.Random(f"faults:{seed}")
+    rng = random.Random(f"faults:{seed}")  # noqa: S311 - reproducible simulation, not security
 
     def pick(fraction: float) -> set[str]:
         return set(rng.sample(list(meter_ids), round(fraction * len(meter_ids))))
@@ -145,7 +145,7 @@ class MessageFaults(Generic[T]):
 
     def __init__(self, config: FaultConfig, seed: int) -> None:
         self._config = config
-        self._rng = random.Random(f"messages:{seed}")
+        self._rng = random.Random(f"messages:{seed}")  # noqa: S311 - reproducible simulation, not security
         self._step = 0
         self._held: list[tuple[int, list[T]]] = []
 

@@ -42,7 +42,8 @@ class SimMeter:
     def __post_init__(self) -> None:
         assert is_valid_id(self.meter_id), self.meter_id
         assert self.concentrator_id is None or is_valid_id(self.concentrator_id)
-        assert self.start_register_wh >= 0 and self.multiplier >= 1
+        assert self.start_register_wh >= 0
+        assert self.multiplier >= 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +117,7 @@ def build_fleet(
         if not is_valid_id(sample):
             raise ValueError(f"id {sample!r} from prefix {id_prefix!r} does not match [A-Za-z0-9_-]{{1,32}}")
 
-    rng = random.Random(f"fleet:{seed}")
+    rng = random.Random(f"fleet:{seed}")  # noqa: S311 - reproducible simulation, not security
     dcus = tuple(SimConcentrator(dcu_id, regions[j % len(regions)]) for j, dcu_id in enumerate(dcu_ids))
     direct_count = meters if concentrators == 0 else round(direct_share * meters)
     order = list(range(meters))

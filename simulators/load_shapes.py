@@ -38,9 +38,12 @@ class LoadShape:
     _weekly_mean: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        assert len(self.weekday) == 24 and len(self.weekend) == 24
+        assert len(self.weekday) == 24
+        assert len(self.weekend) == 24
         assert all(v > 0 for v in self.weekday + self.weekend)
-        assert self.mean_daily_wh > 0 and 0 <= self.noise < 1 and self.scale_sigma >= 0
+        assert self.mean_daily_wh > 0
+        assert 0 <= self.noise < 1
+        assert self.scale_sigma >= 0
         object.__setattr__(self, "_weekly_mean", (5 * sum(self.weekday) + 2 * sum(self.weekend)) / (7 * 24))
 
     def factor(self, local: datetime) -> float:
@@ -54,6 +57,8 @@ class LoadShape:
         return value / self._weekly_mean
 
 
+# hourly tables read best twelve values a row
+# fmt: off
 # Chinese households average about 2,700 kWh a year: ~7.5 kWh a day, with a breakfast peak,
 # a lunch bump and the main peak after 18:00 (cooking, lighting, air conditioning, TV).
 RESIDENTIAL = LoadShape(
@@ -87,6 +92,8 @@ COMMERCIAL = LoadShape(
     noise=0.12,
     scale_sigma=0.6,
 )
+
+# fmt: on
 
 SHAPES: Mapping[MeterKind, LoadShape] = MappingProxyType(
     {MeterKind.RESIDENTIAL: RESIDENTIAL, MeterKind.COMMERCIAL: COMMERCIAL}

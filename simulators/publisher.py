@@ -7,12 +7,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from simulators.clock import SimClock
@@ -67,7 +68,7 @@ class PublishStats:
 
     def lines(self) -> list[str]:
         """Human-readable summary, one count a line."""
-        return [f"{name}: {getattr(self, name)}" for name in self.__dataclass_fields__]
+        return [f"{f.name}: {getattr(self, f.name)}" for f in fields(self)]
 
 
 class MqttPublisher:
@@ -76,10 +77,10 @@ class MqttPublisher:
     def __init__(self, broker: BrokerConfig) -> None:
         self.broker = broker
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=broker.client_id,
             clean_session=True,
-            protocol=mqtt.MQTTv311,
+            protocol=MQTTProtocolVersion.MQTTv311,
         )
         if broker.username is not None:
             self._client.username_pw_set(broker.username, broker.password)
@@ -103,7 +104,6 @@ class MqttPublisher:
         try:
             self._client.connect(self.broker.host, self.broker.port, keepalive=self.broker.keepalive_s)
         except OSError as exc:
-            self._client.socket_close() if hasattr(self._client, "socket_close") else None
             raise BrokerError(f"cannot connect to MQTT broker {self.broker.host}:{self.broker.port}: {exc}") from exc
         self._client.loop_start()
         if not self._connected.wait(self.broker.connect_timeout_s) or self._connect_error:
@@ -121,9 +121,7 @@ class MqttPublisher:
         self._client.disconnect()
         self._client.loop_stop()
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any
-    ) -> None:
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
         if reason.is_failure:
             self._connect_error = str(reason)
             log.error("broker refused the connection: %s", reason)
@@ -168,11 +166,17 @@ class MqttPublisher:
             while self._outstanding >= self.broker.max_inflight:
                 self._cond.wait()
             self._outstanding += 1
-        # never call into paho holding our lock: its network thread takes that lock in on_publish
-        info = self._client.publish(message.topic, message.payload, qos=QOS)
+        try:
+            # never call into paho holding our lock: its network thread takes that lock in on_publish
+            info = self._client.publish(message.topic, message.payload, qos=QOS)
+        except BaseException:
+            with self._cond:
+                self._outstanding -= 1
+                self._cond.notify_all()
+            raise
         with self._cond:
             # NO_CONN: paho keeps the message and sends it once reconnected
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 self._outstanding -= 1
                 self._cond.notify_all()
                 raise BrokerError(f"publish to {message.topic} failed: {mqtt.error_string(info.rc)}")
@@ -181,8 +185,8 @@ class MqttPublisher:
                 self._settle(message.readings, failed=False)
             else:
                 self._pending[info.mid] = message.readings
-        if self._rejected:
-            raise BrokerError(f"the broker rejected {self._rejected} publish(es)")
+            if self._rejected:
+                raise BrokerError(f"the broker rejected {self._rejected} publish(es)")
 
     def drain(self, timeout_s: float) -> int:
         """Wait until every publish is acknowledged or `timeout_s` passes; return how many are not."""

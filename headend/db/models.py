@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -55,6 +56,7 @@ class Meter(Base):
     status: Mapped[str] = mapped_column(Text, server_default="active")
     multiplier: Mapped[int] = mapped_column(Integer, server_default="1")
     register_max_wh: Mapped[int] = mapped_column(BigInteger, server_default=str(DEFAULT_REGISTER_MAX_WH))
+    installed_on: Mapped[date | None] = mapped_column(Date)  # local day; expected in reports from then on
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

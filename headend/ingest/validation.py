@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import IntFlag
 
 from protocols.readings import MeterReading
@@ -42,7 +42,8 @@ def register_flags(previous_wh: int | None, current_wh: int, register_max_wh: in
 
 
 def grid_flags(ts: datetime) -> QualityFlag:
-    """OFF_GRID unless `ts` falls exactly on a 15-minute boundary."""
-    if ts.second or ts.microsecond or ts.minute % 15:
+    """OFF_GRID unless the instant `ts` falls exactly on a 15-minute boundary (judged in UTC, not its offset)."""
+    instant = ts.astimezone(UTC)
+    if instant.second or instant.microsecond or instant.minute % 15:
         return QualityFlag.OFF_GRID
     return QualityFlag(0)

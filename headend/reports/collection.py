@@ -96,7 +96,8 @@ _PER_METER = """
            coalesce(c.intervals_read, 0) >= %(intervals)s AS was_complete
     FROM meters m
     LEFT JOIN meter_day_collection c ON c.meter_id = m.meter_id AND c.day = %(day)s
-    WHERE m.status = 'active' AND m.created_at < %(day_end)s
+    WHERE m.status = 'active'
+      AND coalesce(m.installed_on <= %(day)s, m.created_at < %(day_end)s)
 """
 
 

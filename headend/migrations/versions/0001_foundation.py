@@ -139,6 +139,7 @@ def upgrade() -> None:
         sa.Column("status", sa.Text, nullable=False, server_default="active"),
         sa.Column("multiplier", sa.Integer, nullable=False, server_default="1"),
         sa.Column("register_max_wh", sa.BigInteger, nullable=False, server_default="999999990"),
+        sa.Column("installed_on", sa.Date),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.CheckConstraint("protocol IN ('mqtt', 'modbus')", name="meters_protocol"),
