@@ -132,7 +132,13 @@ def collection_report_command(
         raise typer.BadParameter(f"{day!r} is not a date in the form YYYY-MM-DD", param_hint="--date") from None
     settings = load_settings()
     with database_url(settings) as url, connect_database(url) as conn:
-        report = collection_report(conn, report_day, settings.zone, group_by=by, unread_limit=unread_limit)
+        report = collection_report(conn, report_day, group_by=by, unread_limit=unread_limit)
+    if report.timezone != settings.timezone:
+        typer.echo(
+            f"note: days are those of {report.timezone}, the zone the database's daily statistics were kept in "
+            f"(HEADEND_TIMEZONE is {settings.timezone})",
+            err=True,
+        )
     typer.echo(json.dumps(report.to_json(), ensure_ascii=False) if as_json else format_report(report))
 
 

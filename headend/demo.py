@@ -126,7 +126,7 @@ def run_demo(
                 report_day = _echo_progress(url, settings, simulation.counts.intervals, first_day, echo)
             _wait_for_ingest(worker, published, stop)
             with connect_database(url) as conn:
-                return collection_report(conn, report_day, zone, group_by=None)
+                return collection_report(conn, report_day)
         finally:
             worker.stop()
             ingest.join(30)
@@ -135,7 +135,7 @@ def run_demo(
 def _echo_progress(url: str, settings: Settings, intervals: int, first_day: date, echo: Callable[[str], None]) -> date:
     day = first_day + timedelta(days=max(intervals - 1, 0) // INTERVALS_PER_DAY)
     with connect_database(url) as conn:
-        report = collection_report(conn, day, settings.zone, unread_limit=0)
+        report = collection_report(conn, day, unread_limit=0)
     t = report.totals
     echo(
         f"  {day} · {intervals % INTERVALS_PER_DAY or INTERVALS_PER_DAY}/96 intervals sent · "

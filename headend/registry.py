@@ -107,28 +107,35 @@ def parse_row(record: dict[str, str]) -> MeterRow:
 
 def parse_registry(lines: Iterable[str]) -> ParsedRegistry:
     """Parse a registry CSV (header row first); every bad row is reported, none is dropped silently."""
-    reader = csv.DictReader(lines)
-    header = reader.fieldnames or []
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
-    if missing:
-        raise RegistryFileError(f"header lacks required column(s): {', '.join(missing)}")
-    rows: list[MeterRow] = []
-    errors: list[RowError] = []
-    first_line: dict[str, int] = {}
-    for record in reader:
-        line = reader.line_num
-        try:
-            if None in record:
-                raise ValueError("more fields than header columns")
-            row = parse_row(record)
-        except ValueError as exc:
-            errors.append(RowError(line, str(exc)))
-            continue
-        if row.meter_id in first_line:
-            errors.append(RowError(line, f"meter_id {row.meter_id!r} repeats line {first_line[row.meter_id]}"))
-            continue
-        first_line[row.meter_id] = line
-        rows.append(row)
+    reader = csv.reader(lines)
+    try:
+        header = [column.strip() for column in next(reader, [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise RegistryFileError(f"header lacks required column(s): {', '.join(missing)}")
+        rows: list[MeterRow] = []
+        errors: list[RowError] = []
+        first_line: dict[str, int] = {}
+        end_of_previous = reader.line_num
+        for fields in reader:
+            # a quoted field may span lines: report a record at the line it starts on
+            line, end_of_previous = end_of_previous + 1, reader.line_num
+            if not fields:
+                continue
+            try:
+                if len(fields) > len(header):
+                    raise ValueError("more fields than header columns")
+                row = parse_row(dict(zip(header, fields, strict=False)))
+            except ValueError as exc:
+                errors.append(RowError(line, str(exc)))
+                continue
+            if row.meter_id in first_line:
+                errors.append(RowError(line, f"meter_id {row.meter_id!r} repeats line {first_line[row.meter_id]}"))
+                continue
+            first_line[row.meter_id] = line
+            rows.append(row)
+    except csv.Error as exc:
+        raise RegistryFileError(f"not readable as CSV after line {end_of_previous if header else 0}: {exc}") from None
     return ParsedRegistry(rows, errors)
 
 

@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
+from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions
+
 INTERVALS_PER_DAY = 96
 
 
@@ -122,16 +124,16 @@ def _grouped(
 def collection_report(
     conn: psycopg.Connection[Any],
     day: date,
-    zone: ZoneInfo,
     *,
     group_by: GroupBy | None = None,
     worst: int = 10,
     unread_limit: int = 50,
 ) -> CollectionReport:
-    """Compute the collection report for the local day `day` in `zone`."""
-    day_end = datetime.combine(day + timedelta(days=1), time(), zone)
-    params: dict[str, Any] = {"day": day, "day_end": day_end, "intervals": INTERVALS_PER_DAY}
+    """Compute the collection report for the local `day` of the zone the daily statistics were bucketed in."""
     with conn.transaction():
+        zone = ZoneInfo(SchemaOptions.from_rows(conn.execute(SCHEMA_OPTIONS_SQL).fetchall()).collection_timezone)
+        day_end = datetime.combine(day + timedelta(days=1), time(), zone)
+        params: dict[str, Any] = {"day": day, "day_end": day_end, "intervals": INTERVALS_PER_DAY}
         total = conn.execute(
             f"SELECT count(*), count(*) FILTER (WHERE was_read), count(*) FILTER (WHERE was_complete) "
             f"FROM ({_PER_METER}) pm",

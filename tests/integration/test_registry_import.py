@@ -1,0 +1,202 @@
+"""Registry import into the real database: directly and through `headend meters import`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner, Result
+
+from headend.cli import app
+from headend.registry import ImportResult, import_meters, read_registry_file
+from tests.integration.conftest import count
+
+pytestmark = pytest.mark.integration
+
+HEADER = "meter_id,protocol,concentrator_id,region,model,multiplier,status,register_max_wh"
+GOOD = f"""{HEADER}
+m-01,mqtt,dcu-a,north,SDM120,1,active,
+m-02,mqtt,dcu-a,north,SDM120,1,active,
+m-03,modbus,dcu-b,south,SDM630,40,inactive,100000
+m-04,mqtt,,south,,,,
+m-05,modbus,,north,,,removed,
+"""
+METER_COLUMNS = "meter_id, protocol, concentrator_id, region, model, multiplier, status, register_max_wh"
+
+
+def _write(tmp_path: Path, text: str, name: str = "registry.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _meters(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return conn.execute(f"SELECT {METER_COLUMNS} FROM meters ORDER BY meter_id").fetchall()
+
+
+def _updated(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    return {str(m): u for m, u in conn.execute("SELECT meter_id, updated_at FROM meters")}
+
+
+def _cli(database_url: str, *args: str) -> Result:
+    return CliRunner().invoke(app, ["meters", "import", *args], env={"HEADEND_DATABASE_URL": database_url})
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", text)).strip()
+
+
+# --------------------------------------------------------------------------- import_meters
+
+
+def test_import_creates_meters_and_concentrators(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    parsed = read_registry_file(_write(tmp_path, GOOD))
+    assert parsed.errors == []
+    assert import_meters(db, parsed.rows) == ImportResult(meters_created=5, meters_updated=0, concentrators_created=2)
+    assert _meters(db) == [
+        ("m-01", "mqtt", "dcu-a", "north", "SDM120", 1, "active", 999_999_990),
+        ("m-02", "mqtt", "dcu-a", "north", "SDM120", 1, "active", 999_999_990),
+        ("m-03", "modbus", "dcu-b", "south", "SDM630", 40, "inactive", 100_000),
+        ("m-04", "mqtt", None, "south", None, 1, "active", 999_999_990),
+        ("m-05", "modbus", None, "north", None, 1, "removed", 999_999_990),
+    ]
+    assert db.execute("SELECT concentrator_id, region FROM concentrators ORDER BY 1").fetchall() == [
+        ("dcu-a", "north"),
+        ("dcu-b", "south"),
+    ]
+
+
+def test_importing_the_same_file_again_changes_nothing(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    rows = read_registry_file(_write(tmp_path, GOOD)).rows
+    import_meters(db, rows)
+    before, stamps = _meters(db), _updated(db)
+    assert import_meters(db, rows) == ImportResult(0, 0, 0)
+    assert _meters(db) == before
+    assert _updated(db) == stamps
+    assert count(db, "SELECT count(*) FROM concentrators") == 2
+
+
+def test_a_changed_region_updates_exactly_that_row(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    import_meters(db, read_registry_file(_write(tmp_path, GOOD)).rows)
+    before, stamps = _meters(db), _updated(db)
+    changed = GOOD.replace("m-04,mqtt,,south,", "m-04,mqtt,,east,")
+    assert changed != GOOD
+    assert import_meters(db, read_registry_file(_write(tmp_path, changed, "v2.csv")).rows) == ImportResult(0, 1, 0)
+    after, new_stamps = _meters(db), _updated(db)
+    assert [row for row in after if row not in before] == [
+        ("m-04", "mqtt", None, "east", None, 1, "active", 999_999_990)
+    ]
+    assert {m for m in stamps if stamps[m] != new_stamps[m]} == {"m-04"}
+    assert new_stamps["m-04"] > stamps["m-04"]
+
+
+def test_a_new_row_with_a_new_concentrator_is_created_beside_the_old(
+    db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    import_meters(db, read_registry_file(_write(tmp_path, GOOD)).rows)
+    more = GOOD + "m-06,mqtt,dcu-c,west,,,,\n"
+    assert import_meters(db, read_registry_file(_write(tmp_path, more, "v2.csv")).rows) == ImportResult(1, 0, 1)
+    assert count(db, "SELECT count(*) FROM meters") == 6
+    assert count(db, "SELECT count(*) FROM concentrators WHERE concentrator_id = 'dcu-c' AND region = 'west'") == 1
+
+
+def test_importing_nothing_changes_nothing(db: psycopg.Connection[Any]) -> None:
+    assert import_meters(db, []) == ImportResult(0, 0, 0)
+    assert count(db, "SELECT count(*) FROM meters") == 0
+
+
+# --------------------------------------------------------------------------- headend meters import
+
+BAD = f"""{HEADER}
+m-01,mqtt,dcu-a,north,,,,
+m 02,mqtt,dcu-a,north,,,,
+m-03,mqtt,dcu-a,north,,,,
+m-04,lora,,north,,,,
+m-01,mqtt,dcu-a,north,,,,
+"""
+
+
+def test_cli_imports_a_good_file_and_again_changes_nothing(
+    db: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, GOOD)
+    first = _cli(database_url, str(path))
+    assert first.exit_code == 0, first.output
+    assert "5 valid row(s): 5 meter(s) created, 0 updated, 2 concentrator(s) created" in first.stdout
+    assert count(db, "SELECT count(*) FROM meters") == 5
+    again = _cli(database_url, str(path))
+    assert again.exit_code == 0, again.output
+    assert "5 valid row(s): 0 meter(s) created, 0 updated, 0 concentrator(s) created" in again.stdout
+
+
+def test_cli_with_bad_rows_reports_them_and_imports_nothing(
+    db: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, BAD)
+    result = _cli(database_url, str(path))
+    assert result.exit_code == 1, result.output
+    err = result.stderr.splitlines()
+    assert f"error: {path}: line 3: meter_id 'm 02' does not match [A-Za-z0-9_-]{{1,32}}" in err
+    assert f"error: {path}: line 5: protocol 'lora' is not one of mqtt, modbus" in err
+    assert f"error: {path}: line 6: meter_id 'm-01' repeats line 2" in err
+    assert "3 row(s) refused; nothing imported (fix them, or pass --skip-invalid)" in err
+    assert count(db, "SELECT count(*) FROM meters") == 0
+    assert count(db, "SELECT count(*) FROM concentrators") == 0
+
+
+def test_cli_skip_invalid_imports_the_good_rows_and_still_fails(
+    db: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, BAD)
+    result = _cli(database_url, "--skip-invalid", str(path))
+    assert result.exit_code == 1, result.output
+    assert "2 valid row(s): 2 meter(s) created, 0 updated, 1 concentrator(s) created" in result.stdout
+    assert f"error: {path}: line 3: meter_id 'm 02' does not match" in result.stderr
+    assert [m for (m,) in db.execute("SELECT meter_id FROM meters ORDER BY 1")] == ["m-01", "m-03"]
+
+
+def test_cli_missing_column_exits_2_before_touching_the_database(
+    db: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    path = _write(tmp_path, "meter_id,protocol,concentrator_id\nm-01,mqtt,\n")
+    result = _cli(database_url, str(path))
+    assert result.exit_code == 2, result.output
+    assert f"error: {path}: header lacks required column(s): region" in _flat(result.stderr)
+    assert count(db, "SELECT count(*) FROM meters") == 0
+
+
+def test_cli_file_that_is_not_utf8_exits_2(db: psycopg.Connection[Any], database_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "gbk.csv"
+    path.write_bytes(f"{HEADER}\nm-01,mqtt,,华北,,,,\n".encode("gbk"))
+    result = _cli(database_url, str(path))
+    assert result.exit_code == 2, result.output
+    assert f"error: {path}: 'utf-8' codec can't decode" in _flat(result.stderr)
+    assert count(db, "SELECT count(*) FROM meters") == 0
+
+
+def test_cli_reads_a_file_with_a_byte_order_mark(
+    db: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_text(GOOD, encoding="utf-8-sig")
+    result = _cli(database_url, str(path))
+    assert result.exit_code == 0, result.output
+    assert count(db, "SELECT count(*) FROM meters") == 5
+
+
+# --------------------------------------------------------------------------- regressions of fixed defects
+
+
+def test_cli_unclosed_quote_in_a_large_file_exits_2_with_a_message(
+    db: psycopg.Connection[Any], database_url: str, tmp_path: Path
+) -> None:
+    rows = "".join(f"m-{i:05d},mqtt,dcu-a,north,,,,\n" for i in range(1, 8000))
+    path = _write(tmp_path, f'{HEADER}\nm-00000,mqtt,"dcu-a,north,,,,\n{rows}')
+    result = _cli(database_url, str(path))
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 2
+    assert f"error: {path}:" in _flat(result.stderr)
+    assert count(db, "SELECT count(*) FROM meters") == 0
