@@ -12,7 +12,7 @@ Create Date: 2026-11-22
 """
 
 from collections.abc import Sequence
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from alembic import context, op
@@ -110,7 +110,10 @@ def _create_partitioned_readings() -> None:
 def upgrade() -> None:
     attributes = context.config.attributes
     zone = str(attributes.get("collection_timezone", "Asia/Shanghai"))
-    ZoneInfo(zone)  # an unknown zone fails here, before any DDL, and is safe to quote below
+    try:
+        ZoneInfo(zone)  # before any DDL; a known zone name is also safe to quote in the SQL below
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown collection time zone {zone!r}") from None
     assert "'" not in zone
     use_timescale = _timescaledb_available()
     if attributes.get("require_timescaledb") and not use_timescale:

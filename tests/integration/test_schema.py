@@ -1,0 +1,146 @@
+"""The schema on the real server: the plain-PostgreSQL path here, the TimescaleDB path where the extension exists."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from alembic import command
+from sqlalchemy import create_engine
+
+from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, Storage, normalise_url
+from headend.db.migrate import alembic_config, migrate
+from headend.ingest.messages import Decoded, SourcedReading
+from headend.ingest.writer import ReadingWriter
+from protocols.readings import MeterReading
+from tests.integration.conftest import ADMIN_URL, count, register
+
+pytestmark = pytest.mark.integration
+
+
+def _timescaledb_available() -> bool:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is not None
+
+
+TIMESCALEDB = _timescaledb_available()
+
+
+@pytest.fixture
+def empty_database_url() -> Iterator[str]:
+    """A new, empty database (not migrated), dropped afterwards."""
+    name = f"headend_schema_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _options(conn: psycopg.Connection[Any]) -> SchemaOptions:
+    return SchemaOptions.from_rows(conn.execute(SCHEMA_OPTIONS_SQL).fetchall())
+
+
+def _write_one_day(conn: psycopg.Connection[Any], meter_id: str) -> None:
+    register(conn, [meter_id])
+    start = datetime(2026, 11, 19, 16, tzinfo=UTC)  # 2026-11-20 00:00 in Asia/Shanghai
+    decoded = Decoded(
+        readings=[
+            SourcedReading(MeterReading(meter_id, start + timedelta(minutes=15 * i), i), "test", "t", start, None)
+            for i in range(96)
+        ]
+    )
+    writer = ReadingWriter(conn, _options(conn), timedelta(minutes=5))
+    result = writer.write(decoded, datetime(2026, 11, 22, tzinfo=UTC))
+    assert result.inserted == 96
+
+
+@pytest.mark.skipif(TIMESCALEDB, reason="the timescaledb extension is available on this server")
+def test_requiring_timescaledb_fails_clearly_without_it(empty_database_url: str) -> None:
+    with pytest.raises(RuntimeError, match="timescaledb extension is not available"):
+        migrate(empty_database_url, require_timescaledb=True, collection_timezone="Asia/Shanghai")
+    with psycopg.connect(empty_database_url) as conn:
+        # nothing half-made: the migration ran in one transaction
+        assert count(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+
+
+@pytest.mark.skipif(TIMESCALEDB, reason="the timescaledb extension is available on this server")
+def test_plain_postgresql_path(empty_database_url: str) -> None:
+    migrate(empty_database_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        assert _options(conn) == SchemaOptions(Storage.PARTITIONED, "Asia/Shanghai")
+        kind = conn.execute("SELECT relkind FROM pg_class WHERE relname = 'readings'").fetchone()
+        assert kind == ("p",)
+        _write_one_day(conn, "plain1")
+        row = conn.execute(
+            "SELECT readings_count, intervals_read FROM meter_day_collection WHERE meter_id = 'plain1' "
+            "AND day = '2026-11-20'"
+        ).fetchone()
+        assert row == (96, 96)
+
+
+@pytest.mark.skipif(not TIMESCALEDB, reason="the timescaledb extension is not installed on this server")
+def test_timescaledb_path(empty_database_url: str) -> None:
+    migrate(empty_database_url, require_timescaledb=True, collection_timezone="Asia/Shanghai")
+    with psycopg.connect(empty_database_url, autocommit=True) as conn:
+        assert _options(conn) == SchemaOptions(Storage.TIMESCALEDB, "Asia/Shanghai")
+        dims = conn.execute(
+            "SELECT column_name, time_interval FROM timescaledb_information.dimensions "
+            "WHERE hypertable_name = 'readings'"
+        ).fetchall()
+        assert dims == [("ts", timedelta(days=1))]
+        segment = conn.execute(
+            "SELECT attname FROM timescaledb_information.compression_settings "
+            "WHERE hypertable_name = 'readings' AND segmentby_column_index = 1"
+        ).fetchone()
+        assert segment == ("meter_id",)
+        jobs = {
+            name
+            for (name,) in conn.execute(
+                "SELECT proc_name FROM timescaledb_information.jobs WHERE hypertable_name IN ('readings', "
+                "(SELECT materialization_hypertable_name FROM timescaledb_information.continuous_aggregates "
+                "WHERE view_name = 'collection_daily_cagg'))"
+            )
+        }
+        assert {"policy_compression", "policy_refresh_continuous_aggregate"} <= jobs
+        _write_one_day(conn, "ts1")
+        conn.execute("CALL refresh_continuous_aggregate('collection_daily_cagg', NULL, NULL)")
+        row = conn.execute(
+            "SELECT readings_count, intervals_read FROM meter_day_collection WHERE meter_id = 'ts1' "
+            "AND day = '2026-11-20'"
+        ).fetchone()
+        assert row == (96, 96)
+
+
+def test_migrate_is_repeatable_and_reversible(empty_database_url: str) -> None:
+    migrate(empty_database_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
+    migrate(empty_database_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
+    engine = create_engine(normalise_url(empty_database_url))
+    try:
+        with engine.begin() as connection:
+            cfg = alembic_config(empty_database_url)
+            cfg.attributes["connection"] = connection
+            command.downgrade(cfg, "base")
+    finally:
+        engine.dispose()
+    with psycopg.connect(empty_database_url) as conn:
+        assert (
+            count(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
+            == 0
+        )
+    migrate(empty_database_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
+    with psycopg.connect(empty_database_url) as conn:
+        assert count(conn, "SELECT count(*) FROM meters") == 0
+
+
+def test_unknown_collection_timezone_is_refused_before_any_change(empty_database_url: str) -> None:
+    with pytest.raises(ValueError, match="unknown collection time zone 'Mars/Olympus'"):
+        migrate(empty_database_url, require_timescaledb=False, collection_timezone="Mars/Olympus")
+    with psycopg.connect(empty_database_url) as conn:
+        assert count(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
