@@ -8,7 +8,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
@@ -70,11 +70,11 @@ def register_fleet(url: str, fleet: Fleet, installed_on: date) -> int:
     """Register the simulated fleet through the same CSV import operators use; return the meter count."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fleet.csv"
-        write_registry_csv(fleet, path)
+        write_registry_csv(fleet, path, installed_on=installed_on)
         parsed = read_registry_file(path)
     assert not parsed.errors, parsed.errors
     with connect_database(url) as conn:
-        import_meters(conn, [replace(row, installed_on=installed_on) for row in parsed.rows])
+        import_meters(conn, parsed.rows)
     return len(parsed.rows)
 
 

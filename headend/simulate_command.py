@@ -6,7 +6,7 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -108,6 +108,9 @@ def simulate(
     speed: Annotated[str, typer.Option(help="simulated seconds per real second, or 'max'")] = "900",
     registry_csv: Annotated[Path | None, typer.Option(help="write the fleet's meter registry CSV here")] = None,
     registry_only: Annotated[bool, typer.Option(help="write --registry-csv and exit without publishing")] = False,
+    installed_on: Annotated[
+        str | None, typer.Option(help="installed_on column of --registry-csv (YYYY-MM-DD): reports expect from then")
+    ] = None,
     offline_fraction: Annotated[float, typer.Option(help="share of meters that publish nothing")] = 0.0,
     offline_ids: Annotated[str, typer.Option(help="comma-separated meter ids that publish nothing")] = "",
     drop_rate: Annotated[float, typer.Option(help="probability a message is lost")] = 0.0,
@@ -125,6 +128,10 @@ def simulate(
         raise typer.BadParameter(f"{concentrators} must not be negative", param_hint="--concentrators")
     if port is not None and not 1 <= port <= 65535:
         raise typer.BadParameter(f"{port} is outside 1..65535", param_hint="--port")
+    try:
+        installed_day = None if installed_on is None else date.fromisoformat(installed_on)
+    except ValueError:
+        raise typer.BadParameter(f"{installed_on!r} is not a date YYYY-MM-DD", param_hint="--installed-on") from None
     if registry_only and registry_csv is None:
         raise typer.BadParameter("--registry-only needs --registry-csv PATH", param_hint="--registry-only")
     region_names = _regions(regions)
@@ -154,7 +161,7 @@ def simulate(
 
     if registry_csv is not None:
         try:
-            rows = write_registry_csv(fleet, registry_csv)
+            rows = write_registry_csv(fleet, registry_csv, installed_on=installed_day)
         except OSError as exc:
             raise typer.BadParameter(f"cannot write {registry_csv}: {exc}", param_hint="--registry-csv") from None
         typer.echo(f"wrote {rows} meters to {registry_csv}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import random
 from dataclasses import dataclass, field
+from datetime import date
 from os import PathLike
 from types import MappingProxyType
 from typing import Literal
@@ -139,11 +140,15 @@ def build_fleet(
     return Fleet(tuple(result), dcus, seed)
 
 
-def write_registry_csv(fleet: Fleet, path: str | PathLike[str]) -> int:
-    """Write the meter registry CSV that `headend meters import` reads; return the number of meters."""
+def write_registry_csv(fleet: Fleet, path: str | PathLike[str], *, installed_on: date | None = None) -> int:
+    """Write the meter registry CSV that `headend meters import` reads; return the number of meters.
+
+    `installed_on` adds that column, the local day from which collection reports expect the meters.
+    """
+    extra = [] if installed_on is None else [installed_on.isoformat()]
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(REGISTRY_HEADER)
+        writer.writerow(REGISTRY_HEADER + (() if installed_on is None else ("installed_on",)))
         for m in fleet.meters:
-            writer.writerow([m.meter_id, m.protocol, m.concentrator_id or "", m.region, m.model, m.multiplier])
+            writer.writerow([m.meter_id, m.protocol, m.concentrator_id or "", m.region, m.model, m.multiplier, *extra])
     return len(fleet.meters)

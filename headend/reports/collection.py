@@ -99,7 +99,8 @@ _PER_METER = """
     FROM meters m
     LEFT JOIN meter_day_collection c ON c.meter_id = m.meter_id AND c.day = %(day)s
     WHERE m.status = 'active'
-      AND coalesce(m.installed_on <= %(day)s, m.created_at < %(day_end)s)
+      -- expected from its installation day (or registration); a meter read that day was evidently there
+      AND (coalesce(m.installed_on <= %(day)s, m.created_at < %(day_end)s) OR c.meter_id IS NOT NULL)
 """
 
 

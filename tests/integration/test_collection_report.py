@@ -289,3 +289,17 @@ def test_cli_report_in_a_zone_other_than_the_schema_is_consistent_or_refused(
     else:
         # reported in the schema's zone: m12, created 2026-11-21T00:00+08:00, is not expected
         assert (out["timezone"], out["expected"], out["read"]) == ("Asia/Shanghai", 10, 6)
+
+
+def test_a_meter_read_on_the_day_is_expected_even_if_registered_later(
+    db: psycopg.Connection[Any], writer: ReadingWriter
+) -> None:
+    register(db, ["late-1", "late-2"], region="a")
+    write(writer, {"late-1": [slot(n) for n in range(96)]})
+    db.execute("UPDATE meters SET created_at = %s", (NOW,))
+    totals = collection_report(db, DAY).totals
+    # late-2 was registered after the day and not read on it: not expected; late-1 was evidently there
+    assert (totals.expected, totals.read, totals.complete) == (1, 1, 1)
+    db.execute("UPDATE meters SET installed_on = %s", (DAY,))
+    totals = collection_report(db, DAY).totals
+    assert (totals.expected, totals.read, totals.complete) == (2, 1, 1)
