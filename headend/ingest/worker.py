@@ -70,6 +70,10 @@ class IngestWorker:
         self.stats = IngestStats()
         self._conn: psycopg.Connection[Any] | None = None
         self._writer: ReadingWriter | None = None
+        # one batch waits while another is written: decoding and writing overlap, memory stays bounded
+        self._to_write: queue.Queue[tuple[list[InboundMessage], Decoded] | None] = queue.Queue(maxsize=1)
+        self._writer_error: BaseException | None = None
+        self._next_partition_check = 0.0
         self._client = make_client(settings, settings.mqtt_client_id, manual_ack=True, persistent=True)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
@@ -182,31 +186,68 @@ class IngestWorker:
         return time.monotonic() + PARTITION_CHECK_EVERY_S
 
     def run(self) -> IngestStats:
-        """Consume until stopped; return the totals."""
+        """Consume until stopped; return the totals.
+
+        Two threads share the work so that the two cores overlap: this one collects and decodes the
+        next batch while the writer thread commits the previous one and then acknowledges it.
+        """
         # partitions first, so that nothing is received before the table can take it
-        next_partition_check = self._maintain_partitions()
+        self._next_partition_check = self._maintain_partitions()
         connect(self._client, self._settings, persistent=True)
         self._client.loop_start()
+        writer = threading.Thread(target=self._write_loop, name="ingest-writer")
+        writer.start()
         try:
-            while not self._stop.is_set():
-                if time.monotonic() >= next_partition_check:
-                    next_partition_check = self._maintain_partitions()
+            while not self._stop.is_set() and writer.is_alive():
                 batch = self._next_batch()
                 if not batch:
                     continue
                 decoded = Decoded()
                 for message in batch:
                     decode_message(message, decoded)
-                result = self._write_with_retry(decoded)
-                if result is None:
-                    break
-                self._acknowledge(batch)
-                self.stats.add(len(batch), result)
+                self._hand_over((batch, decoded), writer)
         finally:
+            self._stop.set()
+            self._hand_over(None, writer)
+            writer.join()
             self._client.disconnect()
             self._client.loop_stop()
             self._close_writer()
+        if self._writer_error is not None:
+            raise self._writer_error
         return self.stats
+
+    def _hand_over(self, item: tuple[list[InboundMessage], Decoded] | None, writer: threading.Thread) -> None:
+        """Queue `item` for the writer; give up only if the writer has ended."""
+        while writer.is_alive():
+            try:
+                self._to_write.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _write_loop(self) -> None:
+        """The writer thread: commit each batch, then acknowledge its messages, in arrival order."""
+        try:
+            while True:
+                if time.monotonic() >= self._next_partition_check:
+                    self._next_partition_check = self._maintain_partitions()
+                try:
+                    item = self._to_write.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if item is None:
+                    return
+                batch, decoded = item
+                result = self._write_with_retry(decoded)
+                if result is None:
+                    return  # stopping while the database is unreachable: the broker redelivers the batch
+                self._acknowledge(batch)
+                self.stats.add(len(batch), result)
+        except BaseException as exc:
+            log.exception("the ingest writer failed; stopping without acknowledging the batch")
+            self._writer_error = exc
+            self._stop.set()
 
     def _acknowledge(self, batch: list[InboundMessage]) -> None:
         # a message from before a reconnect is redelivered by the broker and acknowledged then

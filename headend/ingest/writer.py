@@ -1,9 +1,13 @@
-"""Write decoded readings in one transaction: validate against the registry, binary COPY, de-duplicating merge."""
+"""Write decoded readings in one transaction: binary COPY into a stage, set-based validation, de-duplicating merge.
+
+The register checks run in SQL over the whole batch (one statement, no per-row round trips). Their
+specification, and the reference the integration tests compare them against, is the pure
+`headend.ingest.validation.register_flags` / `grid_flags`.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -13,12 +17,13 @@ import psycopg
 from headend.db.engine import SchemaOptions, Storage
 from headend.db.partitions import ensure_partitions
 from headend.ingest.messages import DeadLetter, Decoded, SourcedReading, reading_payload
-from headend.ingest.validation import QualityFlag, future_reason, grid_flags, register_flags
+from headend.ingest.validation import ROLLOVER_HIGH_FRACTION, ROLLOVER_LOW_FRACTION, QualityFlag, future_reason
 
 LATE_LOOKBACK = timedelta(days=7)
 
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
+    position integer NOT NULL,
     meter_id varchar(32) NOT NULL,
     ts timestamptz NOT NULL,
     energy_import_wh bigint NOT NULL,
@@ -26,34 +31,67 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
     power_w integer,
     voltage_v double precision,
     relay_state text,
-    quality_flags smallint NOT NULL,
     source text NOT NULL,
     received_at timestamptz NOT NULL
 ) ON COMMIT DELETE ROWS
 """
 _COPY_STAGE = (
-    "COPY ingest_stage (meter_id, ts, energy_import_wh, energy_export_wh, power_w, voltage_v, relay_state, "
-    "quality_flags, source, received_at) FROM STDIN (FORMAT BINARY)"
+    "COPY ingest_stage (position, meter_id, ts, energy_import_wh, energy_export_wh, power_w, voltage_v, relay_state, "
+    "source, received_at) FROM STDIN (FORMAT BINARY)"
 )
-_STAGE_TYPES = [
-    "varchar",
-    "timestamptz",
-    "int8",
-    "int8",
-    "int4",
-    "float8",
-    "text",
-    "int2",
-    "text",
-    "timestamptz",
-]
-_MERGE_HEAD = """
-WITH ins AS (
+_STAGE_TYPES = ["int4", "varchar", "timestamptz", "int8", "int8", "int4", "float8", "text", "text", "timestamptz"]
+
+# Staged readings whose meter is unknown or not active; usually none.
+_UNREGISTERED = """
+SELECT s.position, m.status
+FROM ingest_stage s LEFT JOIN meters m ON m.meter_id = s.meter_id
+WHERE m.meter_id IS NULL OR m.status <> 'active'
+"""
+
+# `previous_wh` is the register value of the reading just before each one in time, among this batch
+# and what is stored: the later of the previous reading in the batch and the previous stored one (the
+# stored one on a tie: a repeat in the batch of a stored reading is not stored, so it is not the truth). The
+# previous stored one is the meter's latest (kept in meter_register_state) for a reading newer than
+# that, and otherwise looked up in a bounded window so that partitions are pruned.
+_MERGE_HEAD = f"""
+WITH staged AS (
+    SELECT DISTINCT ON (meter_id, ts) * FROM ingest_stage ORDER BY meter_id, ts, position
+), ordered AS (
+    SELECT s.*, lag(s.ts) OVER w AS batch_previous_ts, lag(s.energy_import_wh) OVER w AS batch_previous_wh
+    FROM staged s WINDOW w AS (PARTITION BY s.meter_id ORDER BY s.ts)
+), neighbours AS (
+    SELECT o.*, m.register_max_wh,
+           CASE WHEN o.ts > st.last_ts THEN st.last_ts ELSE late.ts END AS stored_previous_ts,
+           CASE WHEN o.ts > st.last_ts THEN st.last_energy_import_wh ELSE late.energy_import_wh END
+               AS stored_previous_wh
+    FROM ordered o
+    JOIN meters m ON m.meter_id = o.meter_id
+    LEFT JOIN meter_register_state st ON st.meter_id = o.meter_id
+    LEFT JOIN LATERAL (
+        SELECT r.ts, r.energy_import_wh FROM readings r
+        WHERE o.ts <= st.last_ts
+          AND r.meter_id = o.meter_id AND r.ts < o.ts AND r.ts >= o.ts - %(late_lookback)s
+        ORDER BY r.ts DESC LIMIT 1
+    ) late ON true
+), checked AS (
+    SELECT n.*,
+           CASE WHEN n.stored_previous_ts IS NULL THEN n.batch_previous_wh
+                WHEN n.batch_previous_ts IS NULL OR n.stored_previous_ts >= n.batch_previous_ts
+                    THEN n.stored_previous_wh
+                ELSE n.batch_previous_wh END AS previous_wh
+    FROM neighbours n
+), ins AS (
     INSERT INTO readings (meter_id, ts, energy_import_wh, energy_export_wh, power_w, voltage_v, relay_state,
                           quality_flags, source, received_at)
     SELECT meter_id, ts, energy_import_wh, energy_export_wh, power_w, voltage_v, relay_state,
-           quality_flags, source, received_at
-    FROM ingest_stage ORDER BY meter_id, ts
+           (CASE WHEN previous_wh IS NULL OR energy_import_wh >= previous_wh THEN 0
+                 WHEN previous_wh >= register_max_wh * {ROLLOVER_HIGH_FRACTION}
+                      AND energy_import_wh <= register_max_wh * {ROLLOVER_LOW_FRACTION} THEN {int(QualityFlag.ROLLOVER)}
+                 ELSE {int(QualityFlag.REGISTER_DECREASE)} END
+            | CASE WHEN date_bin('15 minutes', ts, TIMESTAMPTZ 'epoch') = ts THEN 0
+                   ELSE {int(QualityFlag.OFF_GRID)} END)::smallint,
+           source, received_at
+    FROM checked ORDER BY meter_id, ts
     ON CONFLICT (meter_id, ts) DO NOTHING
     RETURNING meter_id, ts, energy_import_wh
 ), state AS (
@@ -84,16 +122,6 @@ ON CONFLICT DO NOTHING
 
 
 @dataclass(frozen=True, slots=True)
-class MeterInfo:
-    """What the writer needs to know of a meter to validate its readings."""
-
-    status: str
-    register_max_wh: int
-    last_ts: datetime | None
-    last_energy_import_wh: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class WriteResult:
     """Counts of one committed batch."""
 
@@ -107,6 +135,23 @@ class WriteResult:
         return self.offered - self.inserted
 
 
+def _stage_row(position: int, item: SourcedReading) -> tuple[object, ...]:
+    r = item.reading
+    relay = None if r.relay is None else r.relay.value
+    return (
+        position,
+        r.meter_id,
+        r.ts,
+        r.energy_import_wh,
+        r.energy_export_wh,
+        r.power_w,
+        r.voltage_v,
+        relay,
+        item.source,
+        item.received_at,
+    )
+
+
 class ReadingWriter:
     """Stores batches of readings on one psycopg connection; each `write` is one transaction."""
 
@@ -115,8 +160,8 @@ class ReadingWriter:
         self._options = options
         self._future_tolerance = future_tolerance
         self._known_partitions: set[date] = set()
-        merge = _MERGE_HEAD + (_MERGE_DAILY if options.storage is Storage.PARTITIONED else "") + _MERGE_TAIL
-        self._merge_sql = merge
+        self._merge_sql = _MERGE_HEAD + (_MERGE_DAILY if options.storage is Storage.PARTITIONED else "") + _MERGE_TAIL
+        self._merge_params = {"zone": options.collection_timezone, "late_lookback": LATE_LOOKBACK}
         with conn.transaction():
             conn.execute(_STAGE_DDL)
 
@@ -132,112 +177,45 @@ class ReadingWriter:
     def write(self, decoded: Decoded, now: datetime) -> WriteResult:
         """Validate and store `decoded` in one transaction; nothing is committed if anything fails."""
         assert now.utcoffset() is not None
-        self.ensure_partitions({item.reading.ts.astimezone(UTC).date() for item in decoded.readings})
         dead = list(decoded.dead_letters)
+        staged: list[SourcedReading] = []
+        for item in decoded.readings:
+            reason = future_reason(item.reading, now, self._future_tolerance)
+            if reason is None:
+                staged.append(item)
+            else:
+                dead.append(_dead_letter(item, reason))
+        self.ensure_partitions({item.reading.ts.astimezone(UTC).date() for item in staged})
+        inserted = refused = 0
         with self._conn.transaction():
-            info = self._meter_info({item.reading.meter_id for item in decoded.readings})
-            rows, valid = self._validate(decoded.readings, info, now, dead)
-            inserted = 0
-            if rows:
+            if staged:
                 with self._conn.cursor().copy(_COPY_STAGE) as copy:
                     copy.set_types(_STAGE_TYPES)
-                    for row in rows:
-                        copy.write_row(row)
-                record = self._conn.execute(self._merge_sql, {"zone": self._options.collection_timezone}).fetchone()
-                assert record is not None
-                inserted = int(record[0])
+                    for position, item in enumerate(staged):
+                        copy.write_row(_stage_row(position, item))
+                # a temp table has no statistics; without them the planner may hash the whole meter registry
+                self._conn.execute("ANALYZE ingest_stage")
+                refused = self._refuse_unregistered(staged, dead)
+                if refused < len(staged):
+                    record = self._conn.execute(self._merge_sql, self._merge_params).fetchone()
+                    assert record is not None
+                    inserted = int(record[0])
             if dead:
                 self._record_dead_letters(dead)
-        return WriteResult(offered=valid, inserted=inserted, dead_letters=len(dead))
+        return WriteResult(offered=len(staged) - refused, inserted=inserted, dead_letters=len(dead))
 
-    def _meter_info(self, meter_ids: set[str]) -> dict[str, MeterInfo]:
-        if not meter_ids:
-            return {}
-        cursor = self._conn.execute(
-            "SELECT m.meter_id, m.status, m.register_max_wh, s.last_ts, s.last_energy_import_wh "
-            "FROM meters m LEFT JOIN meter_register_state s USING (meter_id) WHERE m.meter_id = ANY(%s)",
-            (list(meter_ids),),
-        )
-        return {str(r[0]): MeterInfo(str(r[1]), int(r[2]), r[3], r[4]) for r in cursor}
-
-    def _previous_before(self, keys: list[tuple[str, datetime]]) -> dict[tuple[str, datetime], int]:
-        """The stored register value just before each (meter, ts), looking back a bounded window."""
-        if not keys:
-            return {}
-        cursor = self._conn.execute(
-            "SELECT q.meter_id, q.ts, p.energy_import_wh "
-            "FROM unnest(%s::text[], %s::timestamptz[]) AS q(meter_id, ts) "
-            "CROSS JOIN LATERAL (SELECT r.energy_import_wh FROM readings r "
-            "  WHERE r.meter_id = q.meter_id AND r.ts < q.ts AND r.ts >= q.ts - %s "
-            "  ORDER BY r.ts DESC LIMIT 1) AS p",
-            ([k[0] for k in keys], [k[1] for k in keys], LATE_LOOKBACK),
-        )
-        return {(str(r[0]), r[1]): int(r[2]) for r in cursor}
-
-    def _validate(
-        self, items: list[SourcedReading], info: dict[str, MeterInfo], now: datetime, dead: list[DeadLetter]
-    ) -> tuple[list[tuple[object, ...]], int]:
-        """Rows to stage (one per meter and time) and the count of valid readings including repeats."""
-        by_meter: dict[str, list[SourcedReading]] = defaultdict(list)
-        for item in items:
+    def _refuse_unregistered(self, staged: list[SourcedReading], dead: list[DeadLetter]) -> int:
+        """Move readings of unknown or inactive meters from the stage to `dead`; return how many."""
+        refused = self._conn.execute(_UNREGISTERED).fetchall()
+        if not refused:
+            return 0
+        for position, status in refused:
+            item = staged[position]
             meter_id = item.reading.meter_id
-            meter = info.get(meter_id)
-            reason: str | None
-            if meter is None:
-                reason = f"unknown meter {meter_id!r}"
-            elif meter.status != "active":
-                reason = f"meter {meter_id!r} is {meter.status}, not active"
-            else:
-                reason = future_reason(item.reading, now, self._future_tolerance)
-            if reason is not None:
-                dead.append(self._dead_letter(item, reason))
-                continue
-            by_meter[meter_id].append(item)
-
-        late: list[tuple[str, datetime]] = []
-        for meter_id, group in by_meter.items():
-            group.sort(key=lambda i: i.reading.ts)
-            last_ts = info[meter_id].last_ts
-            if last_ts is not None and group[0].reading.ts <= last_ts:
-                late.append((meter_id, group[0].reading.ts))
-        previous_late = self._previous_before(late)
-
-        rows: list[tuple[object, ...]] = []
-        for meter_id, group in by_meter.items():
-            meter = info[meter_id]
-            first_ts = group[0].reading.ts
-            if meter.last_ts is not None and first_ts <= meter.last_ts:
-                previous: int | None = previous_late.get((meter_id, first_ts))
-            else:
-                previous = meter.last_energy_import_wh
-            seen: set[datetime] = set()
-            for item in group:
-                r = item.reading
-                if r.ts in seen:
-                    continue
-                seen.add(r.ts)
-                flags = register_flags(previous, r.energy_import_wh, meter.register_max_wh) | grid_flags(r.ts)
-                previous = r.energy_import_wh
-                rows.append(
-                    (
-                        meter_id,
-                        r.ts,
-                        r.energy_import_wh,
-                        r.energy_export_wh,
-                        r.power_w,
-                        r.voltage_v,
-                        None if r.relay is None else r.relay.value,
-                        int(flags),
-                        item.source,
-                        item.received_at,
-                    )
-                )
-        return rows, sum(len(group) for group in by_meter.values())
-
-    @staticmethod
-    def _dead_letter(item: SourcedReading, reason: str) -> DeadLetter:
-        payload = reading_payload(item)
-        return DeadLetter(item.topic, payload, reason, item.received_at, item.item_index)
+            reason = f"unknown meter {meter_id!r}" if status is None else f"meter {meter_id!r} is {status}, not active"
+            dead.append(_dead_letter(item, reason))
+        self._conn.execute("DELETE FROM ingest_stage WHERE position = ANY(%s)", ([p for p, _ in refused],))
+        return len(refused)
 
     def _record_dead_letters(self, dead: list[DeadLetter]) -> None:
         with self._conn.cursor() as cursor:
@@ -250,4 +228,5 @@ class ReadingWriter:
             )
 
 
-QUALITY_FLAG_NAMES = {flag.value: flag.name for flag in QualityFlag}
+def _dead_letter(item: SourcedReading, reason: str) -> DeadLetter:
+    return DeadLetter(item.topic, reading_payload(item), reason, item.received_at, item.item_index)
