@@ -13,6 +13,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.reasoncodes import ReasonCode
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, wait_exponential
 
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, libpq_dsn
 from headend.db.partitions import days_around
@@ -143,21 +144,37 @@ class IngestWorker:
         writer = ReadingWriter(conn, options, timedelta(seconds=self._settings.future_tolerance_s))
         return conn, writer
 
+    def _write_once(self, decoded: Decoded) -> WriteResult:
+        if self._writer is None:
+            self._conn, self._writer = self._open_writer()
+        return self._writer.write(decoded, datetime.now(UTC))
+
+    def _after_failed_write(self, state: RetryCallState) -> None:
+        self.stats.db_retries += 1
+        log.warning(
+            "database write failed (%s); holding the batch and retrying in %.1f s",
+            state.outcome.exception() if state.outcome else "?",
+            state.upcoming_sleep,
+        )
+        self._close_writer()
+
+    def _pause(self, seconds: float) -> None:
+        # waiting on the stop event lets a stop request end the pause at once
+        self._stop.wait(seconds)
+
     def _write_with_retry(self, decoded: Decoded) -> WriteResult | None:
         """Write until it commits; None if asked to stop first (the batch stays unacknowledged)."""
-        delay = RETRY_MIN_S
-        while True:
-            try:
-                if self._writer is None:
-                    self._conn, self._writer = self._open_writer()
-                return self._writer.write(decoded, datetime.now(UTC))
-            except psycopg.Error as exc:
-                self.stats.db_retries += 1
-                log.warning("database write failed (%s); holding the batch and retrying in %.1f s", exc, delay)
-                self._close_writer()
-                if self._stop.wait(delay):
-                    return None
-                delay = min(delay * 2, RETRY_MAX_S)
+        retrying = Retrying(
+            retry=retry_if_exception_type(psycopg.Error),
+            wait=wait_exponential(multiplier=RETRY_MIN_S, max=RETRY_MAX_S),
+            stop=lambda state: self._stop.is_set(),
+            sleep=self._pause,
+            before_sleep=self._after_failed_write,
+        )
+        try:
+            return retrying(self._write_once, decoded)
+        except (RetryError, psycopg.Error):
+            return None
 
     def _close_writer(self) -> None:
         if self._conn is not None:
