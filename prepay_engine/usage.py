@@ -1,0 +1,487 @@
+"""Usage charging from consecutive register readings: each (meter, 15-minute interval) charged exactly once.
+
+The account's consumption is a curve through its readings: between two consecutive readings the
+energy (register difference × multiplier) is assumed uniform in time. Intervals are the fixed
+15-minute grid (aligned on UTC, which is also the Asia/Shanghai grid); an interval is charged as
+soon as a consumed reading lies at or after its end, priced by `tariffs.price_interval`, rounded
+to fen by the account's `FenAccumulator`.
+
+Documented rules:
+- **Gaps.** Energy between two readings is apportioned over the time between them, in whole Wh, by
+  `tariffs.apportion_wh` (cumulative ROUND_HALF_UP rounding): the 15-minute intervals of a gap get
+  uniform shares, each within 1 Wh of the exact share and with the leftover Wh spread evenly, so
+  each time-of-use period gets its fair share; nothing is dumped into the interval of the
+  catch-up reading. Off-grid readings split their interval the same way; the part of an interval
+  not yet closed by a reading is carried (`carried_wh`) until a later reading closes it.
+- **Arrival order and completeness.** Readings are buffered and consumed in time order, but only
+  up to `complete_until`: the caller's promise that every reading (and replacement) at or before
+  that instant has been delivered (a runner passes now minus the allowed lateness; a daily
+  settlement the end of the day). Within that promise the charges do not depend on arrival
+  order, batching or duplicates.
+- **Late readings.** A reading at or before the last consumed reading breaks that promise. It is
+  ignored and reported (`AnomalyKind.LATE`): an interval, once charged, is never charged again, so
+  a reading that falls inside an already-apportioned gap does not re-split it. The total charged
+  over the gap is still exact; only its spread over the gap's intervals was an estimate.
+- **Rollover.** A register that falls from the top tenth of its range to the bottom tenth (the
+  same rule as the head-end's validation) has wrapped: usage = register_max − previous + new +
+  register_step, where `register_step_wh` is the register's resolution (999,999,990 Wh with a
+  10 Wh step wraps to 0 at 1,000,000,000).
+- **Meter replacement** is an explicit event (`MeterReplacement`): the old meter's final register
+  closes its last span, the new meter's start register opens the next, and the account's
+  consumption curve continues through the swap. An interval is charged under the meter in service
+  at its start. The replacement must be delivered before or with the new meter's readings;
+  readings of a meter not in service are reported (`UNKNOWN_METER`) and ignored.
+- **Register decrease** that is neither a rollover nor a replacement: the reading is not charged,
+  reported (`REGISTER_DECREASE`) and skipped; the next plausible reading charges the whole span.
+- A tariff not in force for an interval is a configuration error: `TariffNotInForceError` is raised
+  and the caller's state is unchanged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from bisect import insort
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from enum import StrEnum
+from typing import TypeAlias
+
+from prepay_engine.money import FenAccumulator
+from prepay_engine.tariffs import PricedSegment, Tariff, apportion_wh, price_interval
+
+INTERVAL = timedelta(minutes=15)
+DEFAULT_REGISTER_MAX_WH = 999_999_990
+DEFAULT_REGISTER_STEP_WH = 10
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def floor_to_interval(instant: datetime) -> datetime:
+    """Start (UTC) of the 15-minute interval containing the aware `instant`."""
+    assert instant.utcoffset() is not None
+    utc = instant.astimezone(UTC)
+    return utc - (utc - _EPOCH) % INTERVAL
+
+
+def charge_id_for(meter_id: str, interval_start: datetime) -> str:
+    """Idempotency key of the usage charge of `meter_id` for the interval starting at `interval_start`."""
+    return f"usage:{meter_id}:{interval_start.astimezone(UTC):%Y%m%dT%H%MZ}"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRegister:
+    """A meter as the charging sees it: energy = register difference × `multiplier` (CT/PT ratio)."""
+
+    meter_id: str
+    multiplier: int = 1
+    register_max_wh: int = DEFAULT_REGISTER_MAX_WH
+    register_step_wh: int = DEFAULT_REGISTER_STEP_WH
+
+    def __post_init__(self) -> None:
+        assert self.meter_id
+        assert self.multiplier >= 1, self.multiplier
+        assert self.register_max_wh > 0
+        assert self.register_step_wh > 0
+
+    def advance_wh(self, previous_wh: int, current_wh: int) -> int | None:
+        """Register advance from `previous_wh` to `current_wh` (rollover-aware); None for an implausible decrease."""
+        if current_wh >= previous_wh:
+            return current_wh - previous_wh
+        # integer form of: previous >= 90 % of max and current <= 10 % of max
+        if previous_wh * 10 >= self.register_max_wh * 9 and current_wh * 10 <= self.register_max_wh:
+            return self.register_max_wh - previous_wh + current_wh + self.register_step_wh
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterReading:
+    """One import-energy register value of one meter at an aware instant."""
+
+    meter_id: str
+    ts: datetime
+    register_wh: int
+
+    def __post_init__(self) -> None:
+        assert self.ts.utcoffset() is not None, "reading time must be timezone-aware"
+        assert self.register_wh >= 0, self.register_wh
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReplacement:
+    """At `at`, the old meter (final register value) was replaced by `new_meter` (start register value)."""
+
+    at: datetime
+    old_meter_id: str
+    old_final_register_wh: int
+    new_meter: MeterRegister
+    new_start_register_wh: int
+
+    def __post_init__(self) -> None:
+        assert self.at.utcoffset() is not None, "replacement time must be timezone-aware"
+        assert self.old_final_register_wh >= 0
+        assert self.new_start_register_wh >= 0
+        assert self.old_meter_id != self.new_meter.meter_id
+
+
+UsageEvent: TypeAlias = RegisterReading | MeterReplacement
+
+
+class AnomalyKind(StrEnum):
+    """Why an input was not charged."""
+
+    LATE = "late"  # at or before the last consumed reading: ignored, charged intervals are never recharged
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"  # same meter and time as a reading already held, other value
+    REGISTER_DECREASE = "register_decrease"  # register went down without rollover or replacement
+    REGISTER_OUT_OF_RANGE = "register_out_of_range"  # above the meter's register maximum
+    UNKNOWN_METER = "unknown_meter"  # not the meter in service on the account at that time
+    REPLACEMENT_MISMATCH = "replacement_mismatch"  # replaces a meter that is not the one in service
+
+
+@dataclass(frozen=True, slots=True)
+class UsageAnomaly:
+    """An input that was reported instead of charged."""
+
+    kind: AnomalyKind
+    meter_id: str
+    ts: datetime
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalCharge:
+    """The usage charge of one meter for one 15-minute interval."""
+
+    charge_id: str
+    meter_id: str
+    interval_start: datetime
+    interval_end: datetime
+    energy_wh: int
+    segments: tuple[PricedSegment, ...]
+    amount_yuan: Decimal  # exact
+    amount_fen: int  # with the account's rounding residue carried
+
+    def __post_init__(self) -> None:
+        assert self.energy_wh >= 0
+        assert self.amount_fen >= 0
+        assert self.interval_end - self.interval_start == INTERVAL
+        assert sum(s.energy_wh for s in self.segments) == self.energy_wh
+
+
+@dataclass(frozen=True, slots=True)
+class UsageState:
+    """Charging state of one account.
+
+    Invariants: `charged_until` is on the grid with charged_until <= anchor_ts < charged_until + 15 min;
+    every interval ending at or before `charged_until` is charged; `carried_wh` is the energy between
+    `charged_until` and the anchor reading; `consumed_wh` is all energy since the account was opened,
+    charged or carried.
+    """
+
+    meter: MeterRegister
+    anchor_ts: datetime
+    anchor_register_wh: int
+    charged_until: datetime
+    open_interval_meter_id: str
+    carried_wh: int
+    consumed_wh: int
+    cycle_usage_wh: int
+    accumulator: FenAccumulator
+    pending_readings: tuple[RegisterReading, ...] = ()
+    pending_replacements: tuple[MeterReplacement, ...] = ()
+    replacements: tuple[MeterReplacement, ...] = ()
+
+    def __post_init__(self) -> None:
+        assert self.anchor_ts.tzinfo is UTC
+        assert self.charged_until.tzinfo is UTC
+        assert floor_to_interval(self.anchor_ts) == self.charged_until, (self.anchor_ts, self.charged_until)
+        assert 0 <= self.carried_wh <= self.consumed_wh
+        assert self.cycle_usage_wh >= 0
+        # equal times remain possible: another meter's reading at the instant of a replacement
+        assert all(r.ts >= self.anchor_ts for r in self.pending_readings)
+        assert all(p.at >= self.anchor_ts for p in self.pending_replacements)
+
+
+def open_usage(
+    meter: MeterRegister,
+    at: datetime,
+    register_wh: int,
+    *,
+    cycle_usage_wh: int = 0,
+    accumulator: FenAccumulator | None = None,
+) -> UsageState:
+    """State of an account whose charging starts at reading (`at`, `register_wh`) of `meter`.
+
+    `cycle_usage_wh` is the tier-cycle energy already used before the interval containing `at`.
+    """
+    anchor_ts = at.astimezone(UTC)
+    return UsageState(
+        meter=meter,
+        anchor_ts=anchor_ts,
+        anchor_register_wh=register_wh,
+        charged_until=floor_to_interval(anchor_ts),
+        open_interval_meter_id=meter.meter_id,
+        carried_wh=0,
+        consumed_wh=0,
+        cycle_usage_wh=cycle_usage_wh,
+        accumulator=FenAccumulator() if accumulator is None else accumulator,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UsageResult:
+    """New state, the charges to post (in time order), what was reported instead, and exact duplicates seen."""
+
+    state: UsageState
+    charges: tuple[IntervalCharge, ...]
+    anomalies: tuple[UsageAnomaly, ...]
+    duplicates: int
+
+
+class _Run:
+    """Mutable working copy of a `UsageState` for one `charge_usage` call; never escapes it."""
+
+    def __init__(self, state: UsageState, tariff: Tariff) -> None:
+        self.tariff = tariff
+        self.meter = state.meter
+        self.anchor_ts = state.anchor_ts
+        self.anchor_register_wh = state.anchor_register_wh
+        self.charged_until = state.charged_until
+        self.open_interval_meter_id = state.open_interval_meter_id
+        self.carried_wh = state.carried_wh
+        self.consumed_wh = state.consumed_wh
+        self.cycle_usage_wh = state.cycle_usage_wh
+        self.accumulator = state.accumulator
+        self.pending_readings = list(state.pending_readings)
+        self.pending_replacements = list(state.pending_replacements)
+        self.replacements = state.replacements
+        self.charges: list[IntervalCharge] = []
+        self.anomalies: list[UsageAnomaly] = []
+        self.duplicates = 0
+
+    def state(self) -> UsageState:
+        return UsageState(
+            meter=self.meter,
+            anchor_ts=self.anchor_ts,
+            anchor_register_wh=self.anchor_register_wh,
+            charged_until=self.charged_until,
+            open_interval_meter_id=self.open_interval_meter_id,
+            carried_wh=self.carried_wh,
+            consumed_wh=self.consumed_wh,
+            cycle_usage_wh=self.cycle_usage_wh,
+            accumulator=self.accumulator,
+            pending_readings=tuple(self.pending_readings),
+            pending_replacements=tuple(self.pending_replacements),
+            replacements=self.replacements,
+        )
+
+    def report(self, kind: AnomalyKind, meter_id: str, ts: datetime, detail: str) -> None:
+        self.anomalies.append(UsageAnomaly(kind, meter_id, ts, detail))
+
+    def receive_replacement(self, event: MeterReplacement) -> None:
+        if event in self.replacements or event in self.pending_replacements:
+            self.duplicates += 1
+            return
+        at = event.at.astimezone(UTC)
+        if at <= self.anchor_ts:
+            self.report(
+                AnomalyKind.LATE,
+                event.old_meter_id,
+                at,
+                f"replacement at or before the last consumed reading ({self.anchor_ts.isoformat()}); not applied",
+            )
+            return
+        if any(p.at == at for p in self.pending_replacements):
+            self.report(AnomalyKind.CONFLICTING_DUPLICATE, event.old_meter_id, at, "another replacement at that time")
+            return
+        insort(self.pending_replacements, replace(event, at=at), key=lambda p: p.at)
+
+    def receive_reading(self, reading: RegisterReading) -> None:
+        ts = reading.ts.astimezone(UTC)
+        if ts <= self.anchor_ts:
+            if (
+                ts == self.anchor_ts
+                and reading.meter_id == self.meter.meter_id
+                and reading.register_wh == self.anchor_register_wh
+            ):
+                self.duplicates += 1
+            else:
+                self.report(
+                    AnomalyKind.LATE,
+                    reading.meter_id,
+                    ts,
+                    f"at or before the last consumed reading ({self.anchor_ts.isoformat()}); ignored, "
+                    "charged intervals are never charged again",
+                )
+            return
+        meters = {p.new_meter.meter_id: p.new_meter for p in self.pending_replacements}
+        meters[self.meter.meter_id] = self.meter
+        meter = meters.get(reading.meter_id)
+        if meter is None:
+            self.report(AnomalyKind.UNKNOWN_METER, reading.meter_id, ts, "meter not in service on this account")
+            return
+        if reading.register_wh > meter.register_max_wh:
+            self.report(
+                AnomalyKind.REGISTER_OUT_OF_RANGE,
+                reading.meter_id,
+                ts,
+                f"register {reading.register_wh} Wh above the meter's maximum {meter.register_max_wh} Wh",
+            )
+            return
+        for held in self.pending_readings:
+            if held.meter_id == reading.meter_id and held.ts == ts:
+                if held.register_wh == reading.register_wh:
+                    self.duplicates += 1
+                else:
+                    self.report(
+                        AnomalyKind.CONFLICTING_DUPLICATE,
+                        reading.meter_id,
+                        ts,
+                        f"register {reading.register_wh} Wh, but {held.register_wh} Wh was received first and is kept",
+                    )
+                return
+        insort(self.pending_readings, replace(reading, ts=ts), key=lambda r: (r.ts, r.meter_id))
+
+    def next_event(self) -> RegisterReading | MeterReplacement | None:
+        """The earliest pending event; at equal times the current meter's reading, then a replacement of it."""
+        candidates: list[tuple[datetime, int, int, RegisterReading | MeterReplacement]] = []
+        current_id = self.meter.meter_id
+        for position, reading in enumerate(self.pending_readings):
+            if reading.ts != self.pending_readings[0].ts:
+                break
+            candidates.append((reading.ts, 0 if reading.meter_id == current_id else 2, position, reading))
+        if self.pending_replacements:
+            first = self.pending_replacements[0]
+            candidates.append((first.at, 1 if first.old_meter_id == current_id else 2, 0, first))
+        if not candidates:
+            return None
+        return min(candidates, key=lambda c: c[:3])[3]
+
+    def consume(self, complete_until: datetime) -> None:
+        while (event := self.next_event()) is not None:
+            if isinstance(event, RegisterReading):
+                if event.ts > complete_until:
+                    return
+                self.pending_readings.remove(event)
+                self.consume_reading(event)
+            else:
+                if event.at > complete_until:
+                    return
+                self.pending_replacements.pop(0)
+                self.consume_replacement(event)
+
+    def consume_reading(self, reading: RegisterReading) -> None:
+        if reading.meter_id != self.meter.meter_id:
+            self.report(
+                AnomalyKind.UNKNOWN_METER,
+                reading.meter_id,
+                reading.ts,
+                f"meter not in service at that time (meter {self.meter.meter_id} is)",
+            )
+            return
+        advance_wh = self.meter.advance_wh(self.anchor_register_wh, reading.register_wh)
+        if advance_wh is None:
+            self.report(
+                AnomalyKind.REGISTER_DECREASE,
+                reading.meter_id,
+                reading.ts,
+                f"register fell from {self.anchor_register_wh} Wh to {reading.register_wh} Wh "
+                "without rollover or replacement; not charged",
+            )
+            return
+        self.advance(reading.ts, advance_wh * self.meter.multiplier)
+        self.anchor_register_wh = reading.register_wh
+
+    def consume_replacement(self, event: MeterReplacement) -> None:
+        if event.old_meter_id != self.meter.meter_id:
+            self.report(
+                AnomalyKind.REPLACEMENT_MISMATCH,
+                event.old_meter_id,
+                event.at,
+                f"replaces meter {event.old_meter_id}, but meter {self.meter.meter_id} is in service; not applied",
+            )
+            return
+        advance_wh = self.meter.advance_wh(self.anchor_register_wh, event.old_final_register_wh)
+        if advance_wh is None:
+            self.report(
+                AnomalyKind.REGISTER_DECREASE,
+                event.old_meter_id,
+                event.at,
+                f"final register {event.old_final_register_wh} Wh is below the last reading "
+                f"{self.anchor_register_wh} Wh; the old meter's last span is not charged",
+            )
+            advance_wh = 0
+        self.advance(event.at, advance_wh * self.meter.multiplier)
+        self.meter = event.new_meter
+        self.anchor_register_wh = event.new_start_register_wh
+        self.replacements = (*self.replacements, event)
+        if self.charged_until == self.anchor_ts:
+            # the next interval starts at the replacement instant: it belongs to the new meter
+            self.open_interval_meter_id = event.new_meter.meter_id
+
+    def advance(self, to_ts: datetime, energy_wh: int) -> None:
+        """Move the anchor to `to_ts`, spreading `energy_wh` uniformly since the anchor; charge closed intervals."""
+        assert to_ts >= self.anchor_ts
+        assert energy_wh >= 0
+        ends: list[datetime] = []
+        end = self.charged_until + INTERVAL
+        while end <= to_ts:
+            ends.append(end)
+            end += INTERVAL
+        if to_ts == self.anchor_ts:
+            parts: Sequence[int] = (energy_wh,)
+        else:
+            # each closed interval's share of the span, then the share of the still-open interval
+            points = [self.anchor_ts, *ends, to_ts]
+            parts = apportion_wh(energy_wh, [(b - a) // _ONE_US for a, b in itertools.pairwise(points)])
+        for end, part_wh in zip(ends, parts, strict=False):
+            interval_wh = self.carried_wh + part_wh
+            self.carried_wh = 0
+            start = self.charged_until
+            priced = price_interval(self.tariff, start, end, interval_wh, self.cycle_usage_wh)
+            self.accumulator, amount_fen = self.accumulator.add(priced.amount_yuan)
+            meter_id = self.open_interval_meter_id
+            self.charges.append(
+                IntervalCharge(
+                    charge_id=charge_id_for(meter_id, start),
+                    meter_id=meter_id,
+                    interval_start=start,
+                    interval_end=end,
+                    energy_wh=interval_wh,
+                    segments=priced.segments,
+                    amount_yuan=priced.amount_yuan,
+                    amount_fen=amount_fen,
+                )
+            )
+            self.cycle_usage_wh = priced.cycle_usage_after_wh
+            self.charged_until = end
+            self.open_interval_meter_id = self.meter.meter_id
+        self.carried_wh += parts[-1]
+        self.consumed_wh += energy_wh
+        self.anchor_ts = to_ts
+
+
+def charge_usage(
+    state: UsageState, events: Iterable[UsageEvent], tariff: Tariff, *, complete_until: datetime
+) -> UsageResult:
+    """Take `events` (any order, duplicates allowed); charge every interval closed by readings up to `complete_until`.
+
+    `complete_until` promises that every reading and replacement at or before it has been delivered.
+    """
+    assert complete_until.utcoffset() is not None, "complete_until must be timezone-aware"
+    run = _Run(state, tariff)
+    received = list(events)
+    # replacements first, so that a new meter's readings in the same batch are recognised
+    for event in received:
+        if isinstance(event, MeterReplacement):
+            run.receive_replacement(event)
+    for event in received:
+        if isinstance(event, RegisterReading):
+            run.receive_reading(event)
+    run.consume(complete_until.astimezone(UTC))
+    after = run.state()
+    charged_wh = sum(c.energy_wh for c in run.charges)
+    assert after.consumed_wh - after.carried_wh == state.consumed_wh - state.carried_wh + charged_wh
+    assert after.accumulator.charged_fen == state.accumulator.charged_fen + sum(c.amount_fen for c in run.charges)
+    return UsageResult(after, tuple(run.charges), tuple(run.anomalies), run.duplicates)
