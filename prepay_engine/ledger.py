@@ -119,7 +119,7 @@ POSTING_SHAPES: Final[Mapping[PostingKind, frozenset[tuple[AccountKind, AccountK
 OVERDRAW_KINDS: Final = frozenset(
     {PostingKind.USAGE, PostingKind.REVERSAL, PostingKind.EMERGENCY_CREDIT_REPAY, PostingKind.DEBT_RECOVERY}
 )
-_CARVE_OUT_KINDS: Final = frozenset({PostingKind.EMERGENCY_CREDIT_REPAY, PostingKind.DEBT_RECOVERY})
+CARVE_OUT_KINDS: Final = frozenset({PostingKind.EMERGENCY_CREDIT_REPAY, PostingKind.DEBT_RECOVERY})
 
 
 class LedgerReason(StrEnum):
@@ -513,7 +513,7 @@ class Ledger:
                 reversed_in_batch.add(p.reverses)
             if p.kind is PostingKind.TOP_UP:
                 top_up_room_fen[p.credit_account_id] = top_up_room_fen.get(p.credit_account_id, 0) + p.amount_fen
-            if p.overdraw and p.kind in _CARVE_OUT_KINDS:
+            if p.overdraw and p.kind in CARVE_OUT_KINDS:
                 room = top_up_room_fen.get(p.debit_account_id, 0)
                 if p.amount_fen > room:
                     return Rejected(

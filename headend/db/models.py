@@ -6,16 +6,21 @@ from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Computed,
     Date,
     DateTime,
     Float,
     ForeignKey,
+    Identity,
+    Index,
     Integer,
     LargeBinary,
     SmallInteger,
     String,
     Text,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -112,3 +117,69 @@ class DeadLetter(Base):
     item_index: Mapped[int | None] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(Text)
     payload_sha256: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class LedgerAccount(Base):
+    """An account of the ledger's chart; its balance and totals are kept by the writer under a row lock."""
+
+    __tablename__ = "ledger_accounts"
+
+    account_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    normal_side: Mapped[str] = mapped_column(
+        Text,
+        Computed(
+            "CASE WHEN kind IN ('customer_prepaid', 'revenue', 'refunds_payable') THEN 'credit' ELSE 'debit' END",
+            persisted=True,
+        ),
+    )
+    customer_id: Mapped[str | None] = mapped_column(
+        Text,
+        Computed(
+            "CASE WHEN account_id ~ '^customer:[A-Za-z0-9_-]{1,32}:(prepaid|emergency_credit|debt)$' "
+            "THEN split_part(account_id, ':', 2) END",
+            persisted=True,
+        ),
+        index=True,
+    )
+    channel: Mapped[str | None] = mapped_column(
+        Text,
+        Computed(
+            "CASE WHEN account_id ~ '^cash_in_transit:[a-z0-9_]{1,32}$' THEN split_part(account_id, ':', 2) END",
+            persisted=True,
+        ),
+    )
+    floor_fen: Mapped[int | None] = mapped_column(BigInteger)  # lowest normal-side balance allowed; NULL: none
+    credit_limit_fen: Mapped[int | None] = mapped_column(
+        BigInteger, Computed("CASE WHEN kind = 'customer_prepaid' THEN -floor_fen END", persisted=True)
+    )
+    balance_fen: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    debits_fen: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    credits_fen: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    version: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class LedgerPosting(Base):
+    """An append-only double-entry posting, with both accounts' balances right after it."""
+
+    __tablename__ = "ledger_postings"
+    __table_args__ = (
+        Index("ix_ledger_postings_debit_account_seq", "debit_account_id", "seq"),
+        Index("ix_ledger_postings_credit_account_seq", "credit_account_id", "seq"),
+    )
+
+    posting_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    debit_account_id: Mapped[str] = mapped_column(ForeignKey("ledger_accounts.account_id"))
+    credit_account_id: Mapped[str] = mapped_column(ForeignKey("ledger_accounts.account_id"))
+    amount_fen: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reference: Mapped[str] = mapped_column(Text, server_default="")
+    reverses: Mapped[str | None] = mapped_column(ForeignKey("ledger_postings.posting_id"), unique=True)
+    overdraw: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    debit_balance_after_fen: Mapped[int] = mapped_column(BigInteger)
+    credit_balance_after_fen: Mapped[int] = mapped_column(BigInteger)
+    batch_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=False), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
