@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 
+from headend.db.models import DEFAULT_REGISTER_MAX_WH
 from protocols.readings import is_valid_id
 
 REQUIRED_COLUMNS = ("meter_id", "protocol", "concentrator_id", "region")
@@ -191,7 +192,7 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
                 INSERT INTO meters AS m (meter_id, protocol, concentrator_id, region, model, multiplier, status,
                                          register_max_wh, installed_on)
                 SELECT meter_id, protocol, concentrator_id, region, model, multiplier, status,
-                       coalesce(register_max_wh, 999999990), installed_on
+                       coalesce(register_max_wh, %(default_register_max_wh)s), installed_on
                 FROM import_meters ORDER BY meter_id
                 ON CONFLICT (meter_id) DO UPDATE SET
                     protocol = excluded.protocol, concentrator_id = excluded.concentrator_id,
@@ -206,7 +207,8 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
                 RETURNING (xmax = 0) AS created
             )
             SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM up
-            """
+            """,
+            {"default_register_max_wh": DEFAULT_REGISTER_MAX_WH},
         ).fetchone()
     assert created_dcus is not None
     assert counts is not None

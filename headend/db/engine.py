@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine, make_url
 
 SCHEMA_OPTIONS_SQL = "SELECT name, value FROM schema_options"
 
@@ -50,8 +50,3 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 def libpq_dsn(url: str) -> str:
     """The URL in the plain form psycopg.connect understands (no SQLAlchemy driver suffix)."""
     return make_url(normalise_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def read_schema_options(conn: Connection) -> SchemaOptions:
-    """Read the storage mode and collection time zone chosen by the migration."""
-    return SchemaOptions.from_rows(conn.execute(text(SCHEMA_OPTIONS_SQL)).tuples())
