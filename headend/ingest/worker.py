@@ -105,6 +105,7 @@ class IngestWorker:
         if refused:
             log.error("broker refused the subscription: %s", refused)
             return
+        log.info("subscribed to %s", ", ".join(subscription_filters(self._settings)))
         self._connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:

@@ -228,6 +228,28 @@ def _worker_process(settings: Settings) -> subprocess.Popen[str]:
     )
 
 
+def _wait_for_output(process: subprocess.Popen[str], text: str, timeout_s: float) -> list[str]:
+    """Read the worker's output lines until one contains `text`; return the lines read."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if text in line:
+                found.set()
+                return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if not found.wait(timeout_s):
+        pytest.fail(f"worker did not print {text!r} within {timeout_s} s: {''.join(lines)}")
+    reader.join(5)
+    return lines
+
+
 def _wait_subscribed(process: subprocess.Popen[str], db: psycopg.Connection[Any], settings: Settings) -> None:
     """Wait until the broker delivers to the worker: a probe reading for a probe meter gets stored."""
     probe = f"p{settings.mqtt_client_id[-12:]}".replace("-", "")
@@ -299,7 +321,10 @@ def test_two_workers_share_the_load_without_loss(
     meters = [f"w{unique}{i:03d}" for i in range(100)]
     register(db, meters)
     processes = [_worker_process(first), _worker_process(second)]
+    early: list[list[str]] = [[], []]
     try:
+        # a probe through the shared group may reach either worker: each must say it is subscribed
+        early = [_wait_for_output(process, "subscribed to", 30) for process in processes]
         _wait_subscribed(processes[0], db, first)
         _wait_subscribed(processes[1], db, second)
         base = count(db, "SELECT count(*) FROM readings")
@@ -309,10 +334,10 @@ def test_two_workers_share_the_load_without_loss(
                     pub.publish(*meter_message(meter_id, slot, slot))
         wait_for(lambda: count(db, "SELECT count(*) FROM readings") - base == 3000, 60, "3000 rows")
     finally:
-        outputs = []
-        for process in processes:
+        outputs: list[str] = []
+        for process, read_early in zip(processes, early, strict=True):
             process.send_signal(signal.SIGTERM)
-            outputs.append(process.communicate(timeout=30)[0])
+            outputs.append("".join(read_early) + process.communicate(timeout=30)[0])
     handled = [int(out.split("stopped: ")[1].split(" messages")[0]) for out in outputs]
     assert all(h > 0 for h in handled), handled
     assert sum(handled) >= 3000
