@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -21,6 +18,7 @@ from headend.registry import RegistryFileError, import_meters, read_registry_fil
 from headend.reports.collection import GroupBy, collection_report, format_report
 from headend.services import connect_database, database_url
 from headend.settings import Settings
+from headend.signals import stop_on_signals
 from headend.simulate_command import simulate
 
 app = typer.Typer(help="Head-end and prepaid control system for electricity meters.", no_args_is_help=True)
@@ -66,23 +64,12 @@ def migrate() -> None:
     typer.echo("schema is up to date")
 
 
-def _stop_on_signals(worker: IngestWorker) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: finishing the current batch", signum)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 @app.command()
 def ingest() -> None:
     """Collect readings from the broker into the database until stopped (SIGTERM/SIGINT)."""
     settings = load_settings()
-    with database_url(settings) as url:
-        worker = IngestWorker(settings, url)
-        _stop_on_signals(worker)
-        stats = worker.run()
+    with database_url(settings) as url, stop_on_signals() as stop:
+        stats = IngestWorker(settings, url, stop).run()
     typer.echo(
         f"stopped: {stats.messages} messages, {stats.readings_inserted} readings stored, "
         f"{stats.duplicates} duplicates, {stats.dead_letters} dead letters"
@@ -161,12 +148,6 @@ def demo(
         offline_fraction=offline_fraction,
         drop_rate=drop_rate,
     )
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    report = run_demo(settings, options, typer.echo, stop)
+    with stop_on_signals() as stop:
+        report = run_demo(settings, options, typer.echo, stop)
     typer.echo(format_report(report))

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import typer
 
 from headend.settings import Settings
+from headend.signals import stop_on_signals
 from simulators.clock import INTERVAL, INTERVALS_PER_DAY, SimClock, floor_to_grid, is_on_grid, parse_speed
 from simulators.faults import FaultConfig
 from simulators.fleet import Fleet, build_fleet, write_registry_csv
@@ -64,25 +60,6 @@ def _start(text: str | None, count: int, zone: ZoneInfo) -> datetime:
     if not is_on_grid(start):
         raise typer.BadParameter(f"{text!r} is not on the 15-minute grid (:00, :15, :30, :45)", param_hint="--start")
     return start.astimezone(zone)
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by Ctrl-C or SIGTERM while the block runs, so the run ends cleanly."""
-    stop = threading.Event()
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 def _describe(fleet: Fleet) -> str:
@@ -188,7 +165,7 @@ def simulate(
         if counts.intervals % INTERVALS_PER_DAY == 0:
             typer.echo(f"{instant.isoformat()}: {counts.messages} messages, {counts.readings} readings")
 
-    with _stop_on_signals() as stop:
+    with stop_on_signals() as stop:
         try:
             stats = run_simulation(simulation, clock, count, broker, stop=stop, progress=progress)
         except BrokerError as exc:

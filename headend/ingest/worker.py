@@ -61,11 +61,11 @@ def subscription_filters(settings: Settings) -> list[str]:
 class IngestWorker:
     """One ingest worker process; `run` blocks until `stop` is called."""
 
-    def __init__(self, settings: Settings, database_url: str) -> None:
+    def __init__(self, settings: Settings, database_url: str, stop: threading.Event | None = None) -> None:
         self._settings = settings
         self._dsn = libpq_dsn(database_url)
         self._inbox: queue.Queue[InboundMessage] = queue.Queue()
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._connected = threading.Event()
         self._generation = 0
         self.stats = IngestStats()
