@@ -1,13 +1,14 @@
 """The double-entry ledger in PostgreSQL: the semantics of `prepay_engine.ledger.Ledger`, safe under concurrent writers.
 
 `post_batch` runs one transaction: it locks the rows of the accounts the batch touches (ordered by id, so writers
-queue instead of deadlocking), checks the batch against the locked balances with the same rules and in the same
-order as the pure ledger, appends the postings (inserted in posting-id order, so two batches that share ids wait
-for each other in one global order too) and updates balances, totals and versions. Outcomes are the pure ledger's
-result types. A serialization failure, a deadlock with some other writer, or a unique-key clash with a concurrent
-batch (same id on other accounts) rolls back and retries, a bounded number of times. Inside a caller's transaction
-(for the outbox) it runs in a savepoint and commits with the caller; there only the unique-key clash is retried, the
-rest is the caller's to retry, since its snapshot and locks outlive the savepoint.
+queue instead of deadlocking), checks the batch against the locked balances with the pure ledger's own checks
+(`prepay_engine.ledger.posting_problem`, `existing_outcome`, `check_batch`), appends the postings (inserted in
+posting-id order, so two batches that share ids wait for each other in one global order too) and updates balances,
+totals and versions. Outcomes are the pure ledger's result types. A serialization failure, a deadlock with some other
+writer, or a unique-key clash with a concurrent batch (same id on other accounts) rolls back and retries, a bounded
+number of times. Inside a caller's transaction (for the outbox) it runs in a savepoint and commits with the caller;
+there only the unique-key clash is retried, the rest is the caller's to retry, since its snapshot and locks outlive
+the savepoint.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
-from types import MappingProxyType
 from typing import Any, Final
 
 import psycopg
@@ -26,44 +26,53 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import tuple_row
 
 from prepay_engine.ledger import (
-    CARVE_OUT_KINDS,
     DEFAULT_MAX_POSTING_FEN,
-    ID_PATTERN,
-    MAX_BATCH_POSTINGS,
     MAX_BIGINT,
-    MAX_REFERENCE_CHARS,
     NORMAL_SIDE,
-    OVERDRAW_KINDS,
-    POSTING_SHAPES,
     Account,
     AccountKind,
-    AlreadyPosted,
     Conflict,
     Entry,
-    LedgerReason,
     Posted,
     Posting,
     PostingKind,
     PostOutcome,
     Rejected,
     Side,
-    differing_fields,
+    account_problem,
+    batch_problem,
+    check_batch,
+    differing_account_fields,
+    existing_outcome,
+    posting_problem,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS: Final = 8
-# as in prepay_engine.ledger: kinds that may overdraw only within a top-up earlier in the batch
 _RETRY_PAUSE_S: Final = 0.002
 # a concurrent writer committed the same posting id, or a reversal of the same posting, first: a retry sees it
 _POSTING_UNIQUE_CONSTRAINTS: Final = frozenset({"ledger_postings_pkey", "ledger_postings_reverses_key"})
 
+# the balance recorded on an account's last posting at or before a given seq (0 before its first)
+_BALANCES_AFTER_SQL: Final = """
+    SELECT a.account_id, coalesce((
+        SELECT m.after_fen FROM (
+            (SELECT seq, debit_balance_after_fen AS after_fen FROM ledger_postings
+             WHERE debit_account_id = a.account_id AND seq <= %(seq)s ORDER BY seq DESC LIMIT 1)
+            UNION ALL
+            (SELECT seq, credit_balance_after_fen FROM ledger_postings
+             WHERE credit_account_id = a.account_id AND seq <= %(seq)s ORDER BY seq DESC LIMIT 1)
+        ) AS m ORDER BY m.seq DESC LIMIT 1
+    ), 0)
+    FROM ledger_accounts a WHERE a.account_id = ANY(%(ids)s)
+"""
 _POSTING_COLUMNS: Final = (
     "posting_id, debit_account_id, credit_account_id, amount_fen, kind, at, reference, reverses, overdraw"
 )
+POSTING_ROW_COLUMNS: Final = f"{_POSTING_COLUMNS}, debit_balance_after_fen, credit_balance_after_fen, batch_id, seq"
 _INSERT_POSTING: Final = f"""
-    INSERT INTO ledger_postings ({_POSTING_COLUMNS},
-        debit_balance_after_fen, credit_balance_after_fen, batch_id, seq)
+    INSERT INTO ledger_postings ({POSTING_ROW_COLUMNS})
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 """
 _UPDATE_ACCOUNTS: Final = """
@@ -101,8 +110,8 @@ def open_accounts(conn: Connection, accounts: Iterable[Account]) -> Conflict | R
         for account in requested:
             earlier = wanted.setdefault(account.account_id, account)
             if earlier != account:
-                return Conflict(account.account_id, _differing_account_fields(earlier, account))
-            problem = _open_problem(account, existing.get(account.account_id))
+                return Conflict(account.account_id, differing_account_fields(earlier, account))
+            problem = account_problem(account, existing.get(account.account_id))
             if problem is not None:
                 return problem
         new = [a for a in wanted.values() if a.account_id not in existing]
@@ -120,7 +129,7 @@ def open_accounts(conn: Connection, accounts: Iterable[Account]) -> Conflict | R
         stored = _read_accounts(cur, [a.account_id for a in raced])
         for account in raced:
             if stored[account.account_id] != account:
-                fields = _differing_account_fields(stored[account.account_id], account)
+                fields = differing_account_fields(stored[account.account_id], account)
                 raced_conflict = Conflict(account.account_id, fields)
                 raise psycopg.Rollback(tx)
     return raced_conflict
@@ -141,6 +150,27 @@ def balance_fen(conn: Connection, account_id: str) -> int:
     return int(row[0])
 
 
+def balances_fen(
+    conn: Connection, account_ids: Sequence[str], *, after_posting_id: str | None = None
+) -> dict[str, int]:
+    """Normal-side balances of accounts now, or right after a posting; KeyError for an unknown account or posting."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        if after_posting_id is None:
+            cur.execute(
+                "SELECT account_id, balance_fen FROM ledger_accounts WHERE account_id = ANY(%s)", (list(account_ids),)
+            )
+        else:
+            row = cur.execute("SELECT seq FROM ledger_postings WHERE posting_id = %s", (after_posting_id,)).fetchone()
+            if row is None:
+                raise KeyError(after_posting_id)
+            cur.execute(_BALANCES_AFTER_SQL, {"ids": list(account_ids), "seq": row[0]})
+        found = {account_id: int(balance) for account_id, balance in cur.fetchall()}
+    for account_id in account_ids:
+        if account_id not in found:
+            raise KeyError(account_id)
+    return {account_id: found[account_id] for account_id in account_ids}
+
+
 def _read_accounts(cur: Cursor, account_ids: Sequence[str]) -> dict[str, Account]:
     if not account_ids:
         return {}
@@ -150,24 +180,28 @@ def _read_accounts(cur: Cursor, account_ids: Sequence[str]) -> dict[str, Account
     return {row[0]: Account(row[0], AccountKind(row[1]), row[2]) for row in cur.fetchall()}
 
 
-def _open_problem(account: Account, existing: Account | None) -> Conflict | Rejected | None:
-    if existing is not None:
-        if existing == account:
-            return None
-        return Conflict(account.account_id, _differing_account_fields(existing, account))
-    if not ID_PATTERN.fullmatch(account.account_id):
-        return Rejected(LedgerReason.INVALID_ID, f"account id {account.account_id!r} is not 1..160 printable ASCII")
-    if account.floor_fen is not None and not -MAX_BIGINT <= account.floor_fen <= 0:
-        return Rejected(LedgerReason.INVALID_FLOOR, f"floor {account.floor_fen} must be in -{MAX_BIGINT}..0")
-    return None
-
-
-def _differing_account_fields(stored: Account, requested: Account) -> tuple[str, ...]:
-    names = ("account_id", "kind", "floor_fen")
-    return tuple(n for n in names if getattr(stored, n) != getattr(requested, n))
-
-
 # --------------------------------------------------------------------------- postings
+
+
+def posting_row(
+    p: Posting, debit_balance_after_fen: int, credit_balance_after_fen: int, batch_id: int, seq: int
+) -> tuple[Any, ...]:
+    """The values of a `ledger_postings` row in the order of POSTING_ROW_COLUMNS."""
+    return (
+        p.posting_id,
+        p.debit_account_id,
+        p.credit_account_id,
+        p.amount_fen,
+        str(p.kind),
+        p.at,
+        p.reference,
+        p.reverses,
+        p.overdraw,
+        debit_balance_after_fen,
+        credit_balance_after_fen,
+        batch_id,
+        seq,
+    )
 
 
 def post_batch(
@@ -183,7 +217,7 @@ def post_batch(
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
     batch = tuple(postings)
-    problem = _batch_problem(batch)
+    problem = batch_problem(batch)
     if problem is not None:
         return problem
     owned = conn.info.transaction_status == TransactionStatus.IDLE
@@ -207,34 +241,17 @@ def _retryable(exc: psycopg.Error, *, owned: bool) -> bool:
     return owned
 
 
-def _batch_problem(batch: Sequence[Posting]) -> Rejected | None:
-    if not batch:
-        return Rejected(LedgerReason.EMPTY_BATCH, "a batch needs at least one posting")
-    if len(batch) > MAX_BATCH_POSTINGS:
-        return Rejected(LedgerReason.BATCH_TOO_LARGE, f"{len(batch)} postings > {MAX_BATCH_POSTINGS}")
-    ids = [p.posting_id for p in batch]
-    if len(set(ids)) != len(ids):
-        return Rejected(LedgerReason.DUPLICATE_IN_BATCH, "posting ids repeat within the batch")
-    return None
-
-
 def _post_once(cur: Cursor, batch: tuple[Posting, ...], max_posting_fen: int) -> PostOutcome:
     account_ids = sorted({a for p in batch for a in (p.debit_account_id, p.credit_account_id)})
     locked = _lock_accounts(cur, account_ids)
+    accounts = {a: s.account for a, s in locked.items()}
     for posting in batch:
-        problem = _static_problem(posting, locked, max_posting_fen)
+        problem = posting_problem(posting, accounts, max_posting_fen)
         if problem is not None:
             return problem
-    stored = _read_postings(cur, [p.posting_id for p in batch])
-    for posting in batch:
-        old = stored.get(posting.posting_id)
-        if old is not None and old != posting:
-            return Conflict(posting.posting_id, differing_fields(old, posting))
-    originals = tuple(stored[p.posting_id] for p in batch if p.posting_id in stored)
-    if len(originals) == len(batch):
-        return AlreadyPosted(originals)
-    if originals:
-        return Rejected(LedgerReason.PARTIALLY_POSTED, "part of this batch was posted in another batch")
+    existing = existing_outcome(batch, _read_postings(cur, [p.posting_id for p in batch]))
+    if existing is not None:
+        return existing
     return _apply(cur, batch, locked)
 
 
@@ -248,39 +265,6 @@ def _lock_accounts(cur: Cursor, account_ids: Sequence[str]) -> dict[str, _Locked
     return {
         row[0]: _Locked(Account(row[0], AccountKind(row[1]), row[2]), row[3], row[4], row[5]) for row in cur.fetchall()
     }
-
-
-def _static_problem(p: Posting, locked: Mapping[str, _Locked], max_posting_fen: int) -> Rejected | None:
-    if not ID_PATTERN.fullmatch(p.posting_id):
-        return Rejected(LedgerReason.INVALID_ID, f"posting id {p.posting_id!r} is not 1..160 printable ASCII")
-    if len(p.reference) > MAX_REFERENCE_CHARS:
-        return Rejected(LedgerReason.INVALID_REFERENCE, f"reference longer than {MAX_REFERENCE_CHARS} characters")
-    # bool is an int subclass; True is never an amount
-    if type(p.amount_fen) is not int or p.amount_fen <= 0:
-        return Rejected(LedgerReason.INVALID_AMOUNT, f"amount_fen must be a positive integer, got {p.amount_fen!r}")
-    if p.amount_fen > max_posting_fen:
-        return Rejected(LedgerReason.AMOUNT_TOO_LARGE, f"{p.amount_fen} fen > limit {max_posting_fen}")
-    if p.at.utcoffset() is None:
-        return Rejected(LedgerReason.NAIVE_TIME, f"{p.posting_id}: time {p.at} has no UTC offset")
-    if p.debit_account_id == p.credit_account_id:
-        return Rejected(LedgerReason.SAME_ACCOUNT, f"{p.posting_id}: debit and credit are both {p.debit_account_id}")
-    debit = locked.get(p.debit_account_id)
-    credit = locked.get(p.credit_account_id)
-    if debit is None or credit is None:
-        missing = p.debit_account_id if debit is None else p.credit_account_id
-        return Rejected(LedgerReason.UNKNOWN_ACCOUNT, f"{p.posting_id}: no account {missing}")
-    if (p.kind is PostingKind.REVERSAL) != (p.reverses is not None):
-        return Rejected(LedgerReason.REVERSES_NOT_ALLOWED, f"{p.posting_id}: reverses is set iff kind is reversal")
-    shapes = POSTING_SHAPES.get(p.kind)
-    debit_kind, credit_kind = debit.account.kind, credit.account.kind
-    if shapes is not None and (debit_kind, credit_kind) not in shapes:
-        return Rejected(
-            LedgerReason.WRONG_ACCOUNTS_FOR_KIND,
-            f"{p.posting_id}: {p.kind} can't debit {debit_kind} and credit {credit_kind}",
-        )
-    if p.overdraw and p.kind not in OVERDRAW_KINDS:
-        return Rejected(LedgerReason.OVERDRAW_NOT_ALLOWED, f"{p.posting_id}: {p.kind} may not overdraw")
-    return None
 
 
 def _read_postings(cur: Cursor, posting_ids: Sequence[str]) -> dict[str, Posting]:
@@ -316,119 +300,54 @@ def _reversal_targets(cur: Cursor, batch: Sequence[Posting]) -> tuple[dict[str, 
     return {row[0]: _posting(row) for row in rows}, {row[0] for row in rows if row[9]}
 
 
-def _reversal_problem(
-    p: Posting, targets: Mapping[str, Posting], reversed_before: set[str], reversed_in_batch: set[str]
-) -> Rejected | None:
-    assert p.reverses is not None
-    target = targets.get(p.reverses)
-    if target is None:
-        return Rejected(LedgerReason.UNKNOWN_POSTING, f"{p.posting_id}: no posting {p.reverses} to reverse")
-    if target.kind is PostingKind.REVERSAL:
-        return Rejected(LedgerReason.REVERSAL_MISMATCH, f"{p.posting_id}: a reversal is not reversed")
-    if p.reverses in reversed_before or p.reverses in reversed_in_batch:
-        return Rejected(LedgerReason.ALREADY_REVERSED, f"{p.posting_id}: {p.reverses} is already reversed")
-    mirrored = (p.debit_account_id, p.credit_account_id, p.amount_fen) == (
-        target.credit_account_id,
-        target.debit_account_id,
-        target.amount_fen,
-    )
-    if not mirrored:
-        return Rejected(LedgerReason.REVERSAL_MISMATCH, f"{p.posting_id}: must swap accounts and keep the amount")
-    return None
-
-
-def _balance(account: Account, debits_fen: int, credits_fen: int) -> int:
-    return debits_fen - credits_fen if NORMAL_SIDE[account.kind] is Side.DEBIT else credits_fen - debits_fen
-
-
 def _apply(cur: Cursor, batch: tuple[Posting, ...], locked: Mapping[str, _Locked]) -> Posted | Rejected:
     targets, reversed_before = _reversal_targets(cur, batch)
-    debits = {a: s.debits_fen for a, s in locked.items()}
-    credits = {a: s.credits_fen for a, s in locked.items()}
-    reversed_in_batch: set[str] = set()
-    top_up_room_fen: dict[str, int] = {}
-    balances_after: list[tuple[int, int]] = []
-    for p in batch:
-        if p.reverses is not None:
-            problem = _reversal_problem(p, targets, reversed_before, reversed_in_batch)
-            if problem is not None:
-                return problem
-            reversed_in_batch.add(p.reverses)
-        if p.kind is PostingKind.TOP_UP:
-            top_up_room_fen[p.credit_account_id] = top_up_room_fen.get(p.credit_account_id, 0) + p.amount_fen
-        if p.overdraw and p.kind in CARVE_OUT_KINDS:
-            room = top_up_room_fen.get(p.debit_account_id, 0)
-            if p.amount_fen > room:
-                return Rejected(
-                    LedgerReason.OVERDRAW_NOT_ALLOWED,
-                    f"{p.posting_id}: a carve-out may overdraw only within a top-up earlier in the batch",
-                )
-            top_up_room_fen[p.debit_account_id] = room - p.amount_fen
-        debits[p.debit_account_id] += p.amount_fen
-        credits[p.credit_account_id] += p.amount_fen
-        if debits[p.debit_account_id] > MAX_BIGINT or credits[p.credit_account_id] > MAX_BIGINT:
-            return Rejected(LedgerReason.OVERFLOW, f"{p.posting_id}: totals would exceed {MAX_BIGINT}")
-        after: list[int] = []
-        for account_id, may_overdraw in ((p.debit_account_id, p.overdraw), (p.credit_account_id, False)):
-            account = locked[account_id].account
-            balance = _balance(account, debits[account_id], credits[account_id])
-            lowered = (account_id == p.debit_account_id) == (NORMAL_SIDE[account.kind] is Side.CREDIT)
-            if lowered and account.floor_fen is not None and balance < account.floor_fen and not may_overdraw:
-                return Rejected(
-                    LedgerReason.BELOW_FLOOR,
-                    f"{p.posting_id}: {account_id} would be {balance} fen, below its floor {account.floor_fen}",
-                )
-            after.append(balance)
-        balances_after.append((after[0], after[1]))
+    accounts = {a: s.account for a, s in locked.items()}
+    totals = {a: (s.debits_fen, s.credits_fen) for a, s in locked.items()}
+    checked = check_batch(batch, accounts, totals, targets, reversed_before)
+    if isinstance(checked, Rejected):
+        return checked
 
     cur.execute(
         "SELECT nextval(pg_get_serial_sequence('ledger_postings', 'seq')) FROM generate_series(1, %s)", (len(batch),)
     )
     seqs = sorted(int(row[0]) for row in cur.fetchall())
     rows = [
-        (
-            p.posting_id,
-            p.debit_account_id,
-            p.credit_account_id,
-            p.amount_fen,
-            str(p.kind),
-            p.at,
-            p.reference,
-            p.reverses,
-            p.overdraw,
-            debit_after,
-            credit_after,
-            seqs[0],
-            seq,
-        )
-        for p, (debit_after, credit_after), seq in zip(batch, balances_after, seqs, strict=True)
+        posting_row(p, debit_after, credit_after, seqs[0], seq)
+        for p, (debit_after, credit_after), seq in zip(batch, checked.balances_after_fen, seqs, strict=True)
     ]
     # one global insertion order: two batches sharing new ids wait on each other's index entries without a cycle
     rows.sort(key=lambda r: r[0])
     cur.executemany(_INSERT_POSTING, rows)
 
-    touched = list(dict.fromkeys(a for p in batch for a in (p.debit_account_id, p.credit_account_id)))
-    new_balances = {a: _balance(locked[a].account, debits[a], credits[a]) for a in touched}
+    touched = list(checked.totals_fen)
     cur.execute(
         _UPDATE_ACCOUNTS,
         (
             touched,
-            [debits[a] for a in touched],
-            [credits[a] for a in touched],
-            [new_balances[a] for a in touched],
+            [checked.totals_fen[a][0] for a in touched],
+            [checked.totals_fen[a][1] for a in touched],
+            [checked.balances_fen[a] for a in touched],
             [locked[a].version for a in touched],
         ),
     )
     if cur.rowcount != len(touched):
         # impossible while every writer goes through the row locks above; refuse rather than lose an update
         raise RuntimeError(f"ledger accounts changed under their row locks: {touched}")
-    return Posted(batch, MappingProxyType(new_balances))
+    return Posted(batch, checked.balances_fen)
 
 
 def posting(conn: Connection, posting_id: str) -> Posting | None:
     """The stored posting with this id, if any."""
     with conn.cursor(row_factory=tuple_row) as cur:
         return _read_postings(cur, [posting_id]).get(posting_id)
+
+
+def postings(conn: Connection, posting_ids: Sequence[str]) -> tuple[Posting, ...]:
+    """The stored postings among these ids, in the order asked."""
+    with conn.cursor(row_factory=tuple_row) as cur:
+        stored = _read_postings(cur, posting_ids)
+    return tuple(stored[i] for i in posting_ids if i in stored)
 
 
 def history(conn: Connection, account_id: str, limit: int = 100) -> tuple[Entry, ...]:

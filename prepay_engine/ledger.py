@@ -36,13 +36,16 @@ owed. Refunds and payouts never overdraw: refunds payable can't pay out more tha
 
 Ownership: a `Ledger` is mutable and owned by one caller (one unit of work, one thread). Every operation either
 applies completely or leaves the ledger unchanged; nothing that was posted is ever changed or removed.
+
+The rules themselves are pure functions (`account_problem`, `batch_problem`, `posting_problem`, `existing_outcome`,
+`check_batch`) that `Ledger` and `headend.ledger_store` both call, so the two stores can't drift apart.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
@@ -301,12 +304,178 @@ def differing_fields(stored: Posting, requested: Posting) -> tuple[str, ...]:
     return tuple(f.name for f in fields(Posting) if getattr(stored, f.name) != getattr(requested, f.name))
 
 
-def _differing_account_fields(stored: Account, requested: Account) -> tuple[str, ...]:
+def differing_account_fields(stored: Account, requested: Account) -> tuple[str, ...]:
+    """Names of the fields in which two accounts differ."""
     return tuple(f.name for f in fields(Account) if getattr(stored, f.name) != getattr(requested, f.name))
 
 
-def _balance(account: Account, debits_fen: int, credits_fen: int) -> int:
+def normal_balance(account: Account, debits_fen: int, credits_fen: int) -> int:
+    """An account's balance on its normal side, from its debit and credit totals."""
     return debits_fen - credits_fen if account.normal_side is Side.DEBIT else credits_fen - debits_fen
+
+
+def account_problem(account: Account, existing: Account | None) -> Conflict | Rejected | None:
+    """Why an account can't be opened where `existing` is open under its id; None if it can or already is."""
+    if existing is not None:
+        if existing == account:
+            return None
+        return Conflict(account.account_id, differing_account_fields(existing, account))
+    if not ID_PATTERN.fullmatch(account.account_id):
+        return Rejected(LedgerReason.INVALID_ID, f"account id {account.account_id!r} is not 1..160 printable ASCII")
+    # a new account starts at zero, which must satisfy its floor
+    if account.floor_fen is not None and not -MAX_BIGINT <= account.floor_fen <= 0:
+        return Rejected(LedgerReason.INVALID_FLOOR, f"floor {account.floor_fen} must be in -{MAX_BIGINT}..0")
+    return None
+
+
+def batch_problem(postings: Sequence[Posting]) -> Rejected | None:
+    """Why a batch can't be posted as a whole (empty, too large, ids repeating); None if it can."""
+    if not postings:
+        return Rejected(LedgerReason.EMPTY_BATCH, "a batch needs at least one posting")
+    if len(postings) > MAX_BATCH_POSTINGS:
+        return Rejected(LedgerReason.BATCH_TOO_LARGE, f"{len(postings)} postings > {MAX_BATCH_POSTINGS}")
+    ids = [p.posting_id for p in postings]
+    if len(set(ids)) != len(ids):
+        return Rejected(LedgerReason.DUPLICATE_IN_BATCH, "posting ids repeat within the batch")
+    return None
+
+
+def posting_problem(p: Posting, accounts: Mapping[str, Account], max_posting_fen: int) -> Rejected | None:
+    """Why a posting is invalid by itself, given the open accounts; None if it is valid."""
+    if not ID_PATTERN.fullmatch(p.posting_id):
+        return Rejected(LedgerReason.INVALID_ID, f"posting id {p.posting_id!r} is not 1..160 printable ASCII")
+    if len(p.reference) > MAX_REFERENCE_CHARS:
+        return Rejected(LedgerReason.INVALID_REFERENCE, f"reference longer than {MAX_REFERENCE_CHARS} characters")
+    # bool is an int subclass; True is never an amount
+    if type(p.amount_fen) is not int or p.amount_fen <= 0:
+        return Rejected(LedgerReason.INVALID_AMOUNT, f"amount_fen must be a positive integer, got {p.amount_fen!r}")
+    if p.amount_fen > max_posting_fen:
+        return Rejected(LedgerReason.AMOUNT_TOO_LARGE, f"{p.amount_fen} fen > limit {max_posting_fen}")
+    if p.at.utcoffset() is None:
+        return Rejected(LedgerReason.NAIVE_TIME, f"{p.posting_id}: time {p.at} has no UTC offset")
+    if p.debit_account_id == p.credit_account_id:
+        return Rejected(LedgerReason.SAME_ACCOUNT, f"{p.posting_id}: debit and credit are both {p.debit_account_id}")
+    debit = accounts.get(p.debit_account_id)
+    credit = accounts.get(p.credit_account_id)
+    if debit is None or credit is None:
+        missing = p.debit_account_id if debit is None else p.credit_account_id
+        return Rejected(LedgerReason.UNKNOWN_ACCOUNT, f"{p.posting_id}: no account {missing}")
+    if (p.kind is PostingKind.REVERSAL) != (p.reverses is not None):
+        return Rejected(LedgerReason.REVERSES_NOT_ALLOWED, f"{p.posting_id}: reverses is set iff kind is reversal")
+    shapes = POSTING_SHAPES.get(p.kind)
+    if shapes is not None and (debit.kind, credit.kind) not in shapes:
+        return Rejected(
+            LedgerReason.WRONG_ACCOUNTS_FOR_KIND,
+            f"{p.posting_id}: {p.kind} can't debit {debit.kind} and credit {credit.kind}",
+        )
+    if p.overdraw and p.kind not in OVERDRAW_KINDS:
+        return Rejected(LedgerReason.OVERDRAW_NOT_ALLOWED, f"{p.posting_id}: {p.kind} may not overdraw")
+    return None
+
+
+def existing_outcome(
+    postings: Sequence[Posting], stored: Mapping[str, Posting]
+) -> AlreadyPosted | Conflict | Rejected | None:
+    """The answer to a batch some of whose ids are already posted (`stored` by id); None when none of them is."""
+    for posting in postings:
+        old = stored.get(posting.posting_id)
+        if old is not None and old != posting:
+            return Conflict(posting.posting_id, differing_fields(old, posting))
+    originals = tuple(stored[p.posting_id] for p in postings if p.posting_id in stored)
+    if len(originals) == len(postings):
+        return AlreadyPosted(originals)
+    if originals:
+        return Rejected(LedgerReason.PARTIALLY_POSTED, "part of this batch was posted in another batch")
+    return None
+
+
+def reversal_problem(p: Posting, target: Posting | None, *, already_reversed: bool) -> Rejected | None:
+    """Why reversal `p` may not reverse `target` (the posting it names, None if there is none); None if it may."""
+    if target is None:
+        return Rejected(LedgerReason.UNKNOWN_POSTING, f"{p.posting_id}: no posting {p.reverses} to reverse")
+    if target.kind is PostingKind.REVERSAL:
+        return Rejected(LedgerReason.REVERSAL_MISMATCH, f"{p.posting_id}: a reversal is not reversed")
+    if already_reversed:
+        return Rejected(LedgerReason.ALREADY_REVERSED, f"{p.posting_id}: {p.reverses} is already reversed")
+    mirrored = (p.debit_account_id, p.credit_account_id, p.amount_fen) == (
+        target.credit_account_id,
+        target.debit_account_id,
+        target.amount_fen,
+    )
+    if not mirrored:
+        return Rejected(LedgerReason.REVERSAL_MISMATCH, f"{p.posting_id}: must swap accounts and keep the amount")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedBatch:
+    """A batch that passed `check_batch`: what applying it leaves behind."""
+
+    # per touched account, in order of first touch: (debits, credits) totals and normal-side balance after the batch
+    totals_fen: Mapping[str, tuple[int, int]]
+    balances_fen: Mapping[str, int]
+    # per posting: balances of its debit and of its credit account right after it
+    balances_after_fen: tuple[tuple[int, int], ...]
+
+
+def check_batch(
+    postings: Sequence[Posting],
+    accounts: Mapping[str, Account],
+    totals_fen: Mapping[str, tuple[int, int]],
+    reversal_targets: Mapping[str, Posting],
+    reversed_before: Container[str],
+) -> CheckedBatch | Rejected:
+    """Check a batch in order against the totals it meets: reversals, carve-out room, overflow, floors.
+
+    Every posting must have passed `posting_problem`; `accounts` and `totals_fen` (debits, credits) cover the accounts
+    the batch touches, `reversal_targets` the postings it reverses (by id), `reversed_before` those reversed already.
+    """
+    debits: dict[str, int] = {}
+    credits: dict[str, int] = {}
+    reversed_in_batch: set[str] = set()
+    top_up_room_fen: dict[str, int] = {}
+    balances_after: list[tuple[int, int]] = []
+    for p in postings:
+        if p.reverses is not None:
+            already = p.reverses in reversed_before or p.reverses in reversed_in_batch
+            problem = reversal_problem(p, reversal_targets.get(p.reverses), already_reversed=already)
+            if problem is not None:
+                return problem
+            reversed_in_batch.add(p.reverses)
+        if p.kind is PostingKind.TOP_UP:
+            top_up_room_fen[p.credit_account_id] = top_up_room_fen.get(p.credit_account_id, 0) + p.amount_fen
+        if p.overdraw and p.kind in CARVE_OUT_KINDS:
+            room = top_up_room_fen.get(p.debit_account_id, 0)
+            if p.amount_fen > room:
+                return Rejected(
+                    LedgerReason.OVERDRAW_NOT_ALLOWED,
+                    f"{p.posting_id}: a carve-out may overdraw only within a top-up earlier in the batch",
+                )
+            top_up_room_fen[p.debit_account_id] = room - p.amount_fen
+        for account_id in (p.debit_account_id, p.credit_account_id):
+            if account_id not in debits:
+                debits[account_id], credits[account_id] = totals_fen[account_id]
+        debits[p.debit_account_id] += p.amount_fen
+        credits[p.credit_account_id] += p.amount_fen
+        if debits[p.debit_account_id] > MAX_BIGINT or credits[p.credit_account_id] > MAX_BIGINT:
+            return Rejected(LedgerReason.OVERFLOW, f"{p.posting_id}: totals would exceed {MAX_BIGINT}")
+        after: list[int] = []
+        for account_id, may_overdraw in ((p.debit_account_id, p.overdraw), (p.credit_account_id, False)):
+            account = accounts[account_id]
+            balance = normal_balance(account, debits[account_id], credits[account_id])
+            lowered = (account_id == p.debit_account_id) == (account.normal_side is Side.CREDIT)
+            if lowered and account.floor_fen is not None and balance < account.floor_fen and not may_overdraw:
+                return Rejected(
+                    LedgerReason.BELOW_FLOOR,
+                    f"{p.posting_id}: {account_id} would be {balance} fen, below its floor {account.floor_fen}",
+                )
+            after.append(balance)
+        balances_after.append((after[0], after[1]))
+    return CheckedBatch(
+        MappingProxyType({a: (debits[a], credits[a]) for a in debits}),
+        MappingProxyType({a: normal_balance(accounts[a], debits[a], credits[a]) for a in debits}),
+        tuple(balances_after),
+    )
 
 
 class Ledger:
@@ -359,7 +528,7 @@ class Ledger:
         for account in accounts:
             earlier = wanted.setdefault(account.account_id, account)
             if earlier != account:
-                return Conflict(account.account_id, _differing_account_fields(earlier, account))
+                return Conflict(account.account_id, differing_account_fields(earlier, account))
             checked = self._open_check(account)
             if isinstance(checked, Conflict | Rejected):
                 return checked
@@ -369,16 +538,9 @@ class Ledger:
 
     def _open_check(self, account: Account) -> AccountAlreadyOpen | Conflict | Rejected | None:
         existing = self._accounts.get(account.account_id)
-        if existing is not None:
-            if existing == account:
-                return AccountAlreadyOpen(existing)
-            return Conflict(account.account_id, _differing_account_fields(existing, account))
-        if not ID_PATTERN.fullmatch(account.account_id):
-            return Rejected(LedgerReason.INVALID_ID, f"account id {account.account_id!r} is not 1..160 printable ASCII")
-        # a new account starts at zero, which must satisfy its floor
-        if account.floor_fen is not None and not -MAX_BIGINT <= account.floor_fen <= 0:
-            return Rejected(LedgerReason.INVALID_FLOOR, f"floor {account.floor_fen} must be in -{MAX_BIGINT}..0")
-        return None
+        if existing is not None and existing == account:
+            return AccountAlreadyOpen(existing)
+        return account_problem(account, existing)
 
     def account(self, account_id: str) -> Account | None:
         """The account with this id, if open."""
@@ -392,7 +554,7 @@ class Ledger:
         """Normal-side balance now, or right after the given posting; KeyError for an unknown account or posting."""
         account = self._accounts[account_id]
         if after_posting_id is None:
-            return _balance(account, self._debits_fen[account_id], self._credits_fen[account_id])
+            return normal_balance(account, self._debits_fen[account_id], self._credits_fen[account_id])
         history = self._history[account_id]
         seq = self._seq_by_id[after_posting_id]
         i = bisect.bisect_right(history, seq, key=lambda e: e.seq)
@@ -427,137 +589,41 @@ class Ledger:
 
     def post_all(self, postings: Sequence[Posting]) -> PostOutcome:
         """Post a batch all-or-nothing, in order; an identical retry of the whole batch is a no-op."""
-        if not postings:
-            return Rejected(LedgerReason.EMPTY_BATCH, "a batch needs at least one posting")
-        if len(postings) > MAX_BATCH_POSTINGS:
-            return Rejected(LedgerReason.BATCH_TOO_LARGE, f"{len(postings)} postings > {MAX_BATCH_POSTINGS}")
-        ids = [p.posting_id for p in postings]
-        if len(set(ids)) != len(ids):
-            return Rejected(LedgerReason.DUPLICATE_IN_BATCH, "posting ids repeat within the batch")
+        problem = batch_problem(postings)
+        if problem is not None:
+            return problem
         for posting in postings:
-            problem = self._static_problem(posting)
+            problem = posting_problem(posting, self._accounts, self._max_posting_fen)
             if problem is not None:
                 return problem
-        stored = [self._postings.get(p.posting_id) for p in postings]
-        for posting, old in zip(postings, stored, strict=True):
-            if old is not None and old != posting:
-                return Conflict(posting.posting_id, differing_fields(old, posting))
-        originals = tuple(old for old in stored if old is not None)
-        if len(originals) == len(postings):
-            return AlreadyPosted(originals)
-        if originals:
-            return Rejected(LedgerReason.PARTIALLY_POSTED, "part of this batch was posted in another batch")
+        existing = existing_outcome(postings, self._postings)
+        if existing is not None:
+            return existing
         return self._apply(postings)
 
-    def _static_problem(self, p: Posting) -> Rejected | None:
-        if not ID_PATTERN.fullmatch(p.posting_id):
-            return Rejected(LedgerReason.INVALID_ID, f"posting id {p.posting_id!r} is not 1..160 printable ASCII")
-        if len(p.reference) > MAX_REFERENCE_CHARS:
-            return Rejected(LedgerReason.INVALID_REFERENCE, f"reference longer than {MAX_REFERENCE_CHARS} characters")
-        # bool is an int subclass; True is never an amount
-        if type(p.amount_fen) is not int or p.amount_fen <= 0:
-            return Rejected(LedgerReason.INVALID_AMOUNT, f"amount_fen must be a positive integer, got {p.amount_fen!r}")
-        if p.amount_fen > self._max_posting_fen:
-            return Rejected(LedgerReason.AMOUNT_TOO_LARGE, f"{p.amount_fen} fen > limit {self._max_posting_fen}")
-        if p.at.utcoffset() is None:
-            return Rejected(LedgerReason.NAIVE_TIME, f"{p.posting_id}: time {p.at} has no UTC offset")
-        if p.debit_account_id == p.credit_account_id:
-            return Rejected(
-                LedgerReason.SAME_ACCOUNT, f"{p.posting_id}: debit and credit are both {p.debit_account_id}"
-            )
-        debit = self._accounts.get(p.debit_account_id)
-        credit = self._accounts.get(p.credit_account_id)
-        if debit is None or credit is None:
-            missing = p.debit_account_id if debit is None else p.credit_account_id
-            return Rejected(LedgerReason.UNKNOWN_ACCOUNT, f"{p.posting_id}: no account {missing}")
-        if (p.kind is PostingKind.REVERSAL) != (p.reverses is not None):
-            return Rejected(LedgerReason.REVERSES_NOT_ALLOWED, f"{p.posting_id}: reverses is set iff kind is reversal")
-        shapes = POSTING_SHAPES.get(p.kind)
-        if shapes is not None and (debit.kind, credit.kind) not in shapes:
-            return Rejected(
-                LedgerReason.WRONG_ACCOUNTS_FOR_KIND,
-                f"{p.posting_id}: {p.kind} can't debit {debit.kind} and credit {credit.kind}",
-            )
-        if p.overdraw and p.kind not in OVERDRAW_KINDS:
-            return Rejected(LedgerReason.OVERDRAW_NOT_ALLOWED, f"{p.posting_id}: {p.kind} may not overdraw")
-        return None
-
-    def _reversal_problem(self, p: Posting, reversed_in_batch: set[str]) -> Rejected | None:
-        assert p.reverses is not None
-        target = self._postings.get(p.reverses)
-        if target is None:
-            return Rejected(LedgerReason.UNKNOWN_POSTING, f"{p.posting_id}: no posting {p.reverses} to reverse")
-        if target.kind is PostingKind.REVERSAL:
-            return Rejected(LedgerReason.REVERSAL_MISMATCH, f"{p.posting_id}: a reversal is not reversed")
-        if p.reverses in self._reversed_by or p.reverses in reversed_in_batch:
-            return Rejected(LedgerReason.ALREADY_REVERSED, f"{p.posting_id}: {p.reverses} is already reversed")
-        mirrored = (p.debit_account_id, p.credit_account_id, p.amount_fen) == (
-            target.credit_account_id,
-            target.debit_account_id,
-            target.amount_fen,
-        )
-        if not mirrored:
-            return Rejected(LedgerReason.REVERSAL_MISMATCH, f"{p.posting_id}: must swap accounts and keep the amount")
-        return None
-
     def _apply(self, postings: Sequence[Posting]) -> Posted | Rejected:
-        debits: dict[str, int] = {}
-        credits: dict[str, int] = {}
-        reversed_in_batch: set[str] = set()
-        top_up_room_fen: dict[str, int] = {}
-        for p in postings:
-            if p.reverses is not None:
-                problem = self._reversal_problem(p, reversed_in_batch)
-                if problem is not None:
-                    return problem
-                reversed_in_batch.add(p.reverses)
-            if p.kind is PostingKind.TOP_UP:
-                top_up_room_fen[p.credit_account_id] = top_up_room_fen.get(p.credit_account_id, 0) + p.amount_fen
-            if p.overdraw and p.kind in CARVE_OUT_KINDS:
-                room = top_up_room_fen.get(p.debit_account_id, 0)
-                if p.amount_fen > room:
-                    return Rejected(
-                        LedgerReason.OVERDRAW_NOT_ALLOWED,
-                        f"{p.posting_id}: a carve-out may overdraw only within a top-up earlier in the batch",
-                    )
-                top_up_room_fen[p.debit_account_id] = room - p.amount_fen
-            debits[p.debit_account_id] = (
-                debits.get(p.debit_account_id, self._debits_fen[p.debit_account_id]) + p.amount_fen
-            )
-            credits[p.credit_account_id] = (
-                credits.get(p.credit_account_id, self._credits_fen[p.credit_account_id]) + p.amount_fen
-            )
-            if debits[p.debit_account_id] > MAX_BIGINT or credits[p.credit_account_id] > MAX_BIGINT:
-                return Rejected(LedgerReason.OVERFLOW, f"{p.posting_id}: totals would exceed {MAX_BIGINT}")
-            for account_id, may_overdraw in ((p.debit_account_id, p.overdraw), (p.credit_account_id, False)):
-                account = self._accounts[account_id]
-                balance = _balance(
-                    account,
-                    debits.get(account_id, self._debits_fen[account_id]),
-                    credits.get(account_id, self._credits_fen[account_id]),
-                )
-                lowered = (account_id == p.debit_account_id) == (account.normal_side is Side.CREDIT)
-                if lowered and account.floor_fen is not None and balance < account.floor_fen and not may_overdraw:
-                    return Rejected(
-                        LedgerReason.BELOW_FLOOR,
-                        f"{p.posting_id}: {account_id} would be {balance} fen, below its floor {account.floor_fen}",
-                    )
+        touched = dict.fromkeys(a for p in postings for a in (p.debit_account_id, p.credit_account_id))
+        totals = {a: (self._debits_fen[a], self._credits_fen[a]) for a in touched}
+        checked = check_batch(postings, self._accounts, totals, self._postings, self._reversed_by)
+        if isinstance(checked, Rejected):
+            return checked
         seq = len(self._postings)
-        for p in postings:
+        for p, (debit_after, credit_after) in zip(postings, checked.balances_after_fen, strict=True):
             self._postings[p.posting_id] = p
             self._seq_by_id[p.posting_id] = seq
             if p.reverses is not None:
                 self._reversed_by[p.reverses] = p.posting_id
-            self._debits_fen[p.debit_account_id] += p.amount_fen
-            self._credits_fen[p.credit_account_id] += p.amount_fen
-            for account_id, side in ((p.debit_account_id, Side.DEBIT), (p.credit_account_id, Side.CREDIT)):
-                account = self._accounts[account_id]
-                delta = p.amount_fen if side is account.normal_side else -p.amount_fen
-                balance = _balance(account, self._debits_fen[account_id], self._credits_fen[account_id])
+            for account_id, side, balance in (
+                (p.debit_account_id, Side.DEBIT, debit_after),
+                (p.credit_account_id, Side.CREDIT, credit_after),
+            ):
+                delta = p.amount_fen if side is self._accounts[account_id].normal_side else -p.amount_fen
                 self._history[account_id].append(Entry(seq, p, side, delta, balance))
             seq += 1
-        touched = dict.fromkeys(a for p in postings for a in (p.debit_account_id, p.credit_account_id))
-        return Posted(tuple(postings), MappingProxyType({a: self.balance_fen(a) for a in touched}))
+        for account_id, (debits_fen, credits_fen) in checked.totals_fen.items():
+            self._debits_fen[account_id] = debits_fen
+            self._credits_fen[account_id] = credits_fen
+        return Posted(tuple(postings), checked.balances_fen)
 
 
 def check_invariants(ledger: Ledger) -> None:
@@ -582,7 +648,7 @@ def check_invariants(ledger: Ledger) -> None:
         for account_id, may_overdraw in ((p.debit_account_id, p.overdraw), (p.credit_account_id, False)):
             account = accounts[account_id]
             lowered = (account_id == p.debit_account_id) == (account.normal_side is Side.CREDIT)
-            balance = _balance(account, debits[account_id], credits[account_id])
+            balance = normal_balance(account, debits[account_id], credits[account_id])
             if lowered and account.floor_fen is not None and not may_overdraw:
                 assert balance >= account.floor_fen, f"below floor after {p}: {balance}"
         if p.reverses is not None:
@@ -594,7 +660,7 @@ def check_invariants(ledger: Ledger) -> None:
         seen[p.posting_id] = p
     for account_id, account in accounts.items():
         assert totals[account_id] == (debits[account_id], credits[account_id]), f"{account_id} != Σ its postings"
-        balance = _balance(account, debits[account_id], credits[account_id])
+        balance = normal_balance(account, debits[account_id], credits[account_id])
         history = ledger.history(account_id)
         assert sum(e.delta_fen for e in history) == balance, f"{account_id} history != Σ its postings"
         assert not history or history[-1].balance_after_fen == balance, f"{account_id} running balance is off"

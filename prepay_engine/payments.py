@@ -21,6 +21,9 @@ balances its first delivery already changed. The same id with different fields i
 
 A reversal undoes a whole top-up (the carve-outs too, so repaid emergency credit and recovered debt are owed
 again); it may drive the balance negative. Partial reversals are rejected: reverse, then top up the right amount.
+
+`plan_top_up` and `plan_reversal` turn a request into its postings without touching any store; `top_up` and
+`reverse_top_up` here, and `headend.payment_store` on PostgreSQL, post what they plan.
 """
 
 from __future__ import annotations
@@ -211,52 +214,58 @@ def split_top_up(amount_fen: int, emergency_credit_fen: int, debt_fen: int, debt
     return split
 
 
-def customer_balances(ledger: Ledger, customer_id: str, *, after_posting_id: str | None = None) -> CustomerBalances:
-    """A customer's balances now, or right after a posting; KeyError for an unknown customer."""
-    return CustomerBalances(
-        ledger.balance_fen(prepaid_account_id(customer_id), after_posting_id=after_posting_id),
-        ledger.balance_fen(emergency_credit_account_id(customer_id), after_posting_id=after_posting_id),
-        ledger.balance_fen(debt_account_id(customer_id), after_posting_id=after_posting_id),
-    )
+def split_of(postings: tuple[Posting, ...]) -> Split:
+    """The split of a top-up from its postings: the credit first, then its carve-outs."""
+    by_kind = {p.kind: p.amount_fen for p in postings}
+    repaid = by_kind.get(PostingKind.EMERGENCY_CREDIT_REPAY, 0)
+    recovered = by_kind.get(PostingKind.DEBT_RECOVERY, 0)
+    return Split(repaid, recovered, postings[0].amount_fen - repaid - recovered)
 
 
-def top_up(ledger: Ledger, request: TopUp, terms: PaymentTerms) -> TopUpOutcome:
-    """Credit a top-up once per (channel, txn id), split into emergency credit repayment, debt recovery and balance."""
+def top_up_batch_ids(primary_id: str) -> tuple[str, str, str]:
+    """Ids a top-up's batch may hold, in batch order: the credit, the emergency credit repayment, the debt recovery."""
+    return primary_id, primary_id + EMERGENCY_CREDIT_REPAY_SUFFIX, primary_id + DEBT_RECOVERY_SUFFIX
+
+
+def customer_of(top_up_posting: Posting) -> str:
+    """The customer a top-up posting credits."""
+    customer_id = top_up_posting.credit_account_id.split(":")[1]
+    assert prepaid_account_id(customer_id) == top_up_posting.credit_account_id
+    return customer_id
+
+
+def plan_top_up(
+    request: TopUp, balances: CustomerBalances | None, terms: PaymentTerms
+) -> tuple[Posting, ...] | Rejected:
+    """A valid top-up's postings against the customer's balances (None: no accounts): the credit, then carve-outs."""
     problem = (
         _channel_problem(request.channel)
         or _client_id_problem(request.channel_txn_id)
-        or _customer_problem(ledger, request.customer_id)
+        or _customer_id_problem(request.customer_id)
+        or (_unknown_customer(request.customer_id) if balances is None else None)
         or _amount_problem(request.amount_fen)
     )
     if problem is not None:
         return problem
-    primary_id = top_up_posting_id(request.channel, request.channel_txn_id)
+    assert balances is not None
+    split = split_top_up(request.amount_fen, balances.emergency_credit_fen, balances.debt_fen, terms.debt_recovery_bps)
+    primary_id, repay_id, recovery_id = top_up_batch_ids(top_up_posting_id(request.channel, request.channel_txn_id))
     prepaid_id = prepaid_account_id(request.customer_id)
-    primary = Posting(
-        primary_id,
-        cash_in_transit_account_id(request.channel),
-        prepaid_id,
-        request.amount_fen,
-        PostingKind.TOP_UP,
-        request.paid_at,
-        request.channel_txn_id,
-    )
-    existing = ledger.posting(primary_id)
-    if existing is not None:
-        if existing != primary:
-            return _conflict(existing, primary, {"credit_account_id": "customer_id", "at": "paid_at"})
-        return AlreadyToppedUp(_topped_up(ledger, existing))
-    split = split_top_up(
-        request.amount_fen,
-        ledger.balance_fen(emergency_credit_account_id(request.customer_id)),
-        ledger.balance_fen(debt_account_id(request.customer_id)),
-        terms.debt_recovery_bps,
-    )
-    postings = [primary]
+    postings = [
+        Posting(
+            primary_id,
+            cash_in_transit_account_id(request.channel),
+            prepaid_id,
+            request.amount_fen,
+            PostingKind.TOP_UP,
+            request.paid_at,
+            request.channel_txn_id,
+        )
+    ]
     if split.emergency_credit_repaid_fen:
         postings.append(
             Posting(
-                primary_id + EMERGENCY_CREDIT_REPAY_SUFFIX,
+                repay_id,
                 prepaid_id,
                 emergency_credit_account_id(request.customer_id),
                 split.emergency_credit_repaid_fen,
@@ -269,7 +278,7 @@ def top_up(ledger: Ledger, request: TopUp, terms: PaymentTerms) -> TopUpOutcome:
     if split.debt_recovered_fen:
         postings.append(
             Posting(
-                primary_id + DEBT_RECOVERY_SUFFIX,
+                recovery_id,
                 prepaid_id,
                 debt_account_id(request.customer_id),
                 split.debt_recovered_fen,
@@ -279,30 +288,25 @@ def top_up(ledger: Ledger, request: TopUp, terms: PaymentTerms) -> TopUpOutcome:
                 overdraw=True,
             )
         )
-    outcome = ledger.post_all(postings)
-    if not isinstance(outcome, Posted):
-        assert not isinstance(outcome, AlreadyPosted), "the top-up posting did not exist"
-        return outcome
-    result = _topped_up(ledger, primary)
-    assert result.split == split
-    return result
+    return tuple(postings)
 
 
-def reverse_top_up(ledger: Ledger, request: TopUpReversal) -> ReversalOutcome:
-    """Reverse a whole top-up, carve-outs included, once; the balance may go negative."""
+def plan_reversal(originals: tuple[Posting, ...], request: TopUpReversal) -> tuple[Posting, ...] | Rejected:
+    """A valid reversal's postings, given the top-up's postings as stored (empty: no such top-up)."""
     problem = _channel_problem(request.channel) or _client_id_problem(request.channel_txn_id)
     if problem is not None:
         return problem
-    original = ledger.posting(top_up_posting_id(request.channel, request.channel_txn_id))
-    if original is None:
+    if not originals:
         return Rejected(PaymentReason.UNKNOWN_TOP_UP, f"no top-up {request.channel}:{request.channel_txn_id}")
+    original = originals[0]
+    assert original.posting_id == top_up_posting_id(request.channel, request.channel_txn_id)
     if request.amount_fen != original.amount_fen:
         return Rejected(
             PaymentReason.REVERSAL_AMOUNT_MISMATCH,
             f"reversal of {request.amount_fen} fen, top-up was {original.amount_fen} fen; only whole top-ups reverse",
         )
     # carve-outs first, so the batch undoes the top-up in the opposite order of its making
-    reversals = [
+    return tuple(
         Posting(
             reversal_posting_id(p.posting_id),
             p.credit_account_id,
@@ -314,15 +318,63 @@ def reverse_top_up(ledger: Ledger, request: TopUpReversal) -> ReversalOutcome:
             reverses=p.posting_id,
             overdraw=True,
         )
-        for p in reversed(_top_up_postings(ledger, original))
-    ]
-    primary = reversals[-1]
+        for p in reversed(originals)
+    )
+
+
+def top_up_conflict(stored: Posting, requested: Posting) -> Conflict:
+    """A top-up's stored credit against a different one for the same channel transaction, fields named as in TopUp."""
+    return _conflict(stored, requested, {"credit_account_id": "customer_id", "at": "paid_at"})
+
+
+def reversal_conflict(stored: Posting, requested: Posting) -> Conflict:
+    """A stored reversal against a different one of the same top-up, fields named as in TopUpReversal."""
+    return _conflict(stored, requested, {"at": "reversed_at"})
+
+
+def customer_balances(ledger: Ledger, customer_id: str, *, after_posting_id: str | None = None) -> CustomerBalances:
+    """A customer's balances now, or right after a posting; KeyError for an unknown customer."""
+    return CustomerBalances(
+        ledger.balance_fen(prepaid_account_id(customer_id), after_posting_id=after_posting_id),
+        ledger.balance_fen(emergency_credit_account_id(customer_id), after_posting_id=after_posting_id),
+        ledger.balance_fen(debt_account_id(customer_id), after_posting_id=after_posting_id),
+    )
+
+
+def top_up(ledger: Ledger, request: TopUp, terms: PaymentTerms) -> TopUpOutcome:
+    """Credit a top-up once per (channel, txn id), split into emergency credit repayment, debt recovery and balance."""
+    planned = plan_top_up(request, _open_balances(ledger, request.customer_id), terms)
+    if isinstance(planned, Rejected):
+        return planned
+    primary = planned[0]
     existing = ledger.posting(primary.posting_id)
     if existing is not None:
         if existing != primary:
-            return _conflict(existing, primary, {"at": "reversed_at"})
+            return top_up_conflict(existing, primary)
+        return AlreadyToppedUp(_topped_up(ledger, existing))
+    outcome = ledger.post_all(planned)
+    if not isinstance(outcome, Posted):
+        assert not isinstance(outcome, AlreadyPosted), "the top-up posting did not exist"
+        return outcome
+    result = _topped_up(ledger, primary)
+    assert result.split == split_of(planned)
+    return result
+
+
+def reverse_top_up(ledger: Ledger, request: TopUpReversal) -> ReversalOutcome:
+    """Reverse a whole top-up, carve-outs included, once; the balance may go negative."""
+    original = ledger.posting(top_up_posting_id(request.channel, request.channel_txn_id))
+    planned = plan_reversal(() if original is None else _top_up_postings(ledger, original), request)
+    if isinstance(planned, Rejected):
+        return planned
+    assert original is not None
+    primary = planned[-1]
+    existing = ledger.posting(primary.posting_id)
+    if existing is not None:
+        if existing != primary:
+            return reversal_conflict(existing, primary)
         return AlreadyReversed(_reversed(ledger, original))
-    outcome = ledger.post_all(reversals)
+    outcome = ledger.post_all(planned)
     if not isinstance(outcome, Posted):
         assert not isinstance(outcome, AlreadyPosted), "the reversal posting did not exist"
         return outcome
@@ -461,27 +513,23 @@ def _applied(ledger: Ledger, customer_id: str, posting: Posting) -> Applied:
 
 
 def _top_up_postings(ledger: Ledger, primary: Posting) -> tuple[Posting, ...]:
-    carve_outs = (ledger.posting(primary.posting_id + s) for s in (EMERGENCY_CREDIT_REPAY_SUFFIX, DEBT_RECOVERY_SUFFIX))
+    carve_outs = (ledger.posting(i) for i in top_up_batch_ids(primary.posting_id)[1:])
     return (primary, *(p for p in carve_outs if p is not None))
 
 
-def _customer_of(primary: Posting) -> str:
-    customer_id = primary.credit_account_id.split(":")[1]
-    assert prepaid_account_id(customer_id) == primary.credit_account_id
-    return customer_id
+def _open_balances(ledger: Ledger, customer_id: str) -> CustomerBalances | None:
+    return customer_balances(ledger, customer_id) if _accounts_open(ledger, customer_id) else None
 
 
-def _split_of(postings: tuple[Posting, ...]) -> Split:
-    by_kind = {p.kind: p.amount_fen for p in postings}
-    repaid = by_kind.get(PostingKind.EMERGENCY_CREDIT_REPAY, 0)
-    recovered = by_kind.get(PostingKind.DEBT_RECOVERY, 0)
-    return Split(repaid, recovered, postings[0].amount_fen - repaid - recovered)
+def _accounts_open(ledger: Ledger, customer_id: str) -> bool:
+    ids = (prepaid_account_id(customer_id), emergency_credit_account_id(customer_id), debt_account_id(customer_id))
+    return all(ledger.account(i) is not None for i in ids)
 
 
 def _topped_up(ledger: Ledger, primary: Posting) -> ToppedUp:
     postings = _top_up_postings(ledger, primary)
-    balances = customer_balances(ledger, _customer_of(primary), after_posting_id=postings[-1].posting_id)
-    return ToppedUp(_split_of(postings), postings, balances)
+    balances = customer_balances(ledger, customer_of(primary), after_posting_id=postings[-1].posting_id)
+    return ToppedUp(split_of(postings), postings, balances)
 
 
 def _reversed(ledger: Ledger, primary: Posting) -> Reversed:
@@ -491,8 +539,8 @@ def _reversed(ledger: Ledger, primary: Posting) -> Reversed:
         reversal = ledger.reversal_of(p.posting_id)
         assert reversal is not None, p.posting_id
         reversals.append(reversal)
-    balances = customer_balances(ledger, _customer_of(primary), after_posting_id=reversals[-1].posting_id)
-    return Reversed(_split_of(originals), tuple(reversals), balances)
+    balances = customer_balances(ledger, customer_of(primary), after_posting_id=reversals[-1].posting_id)
+    return Reversed(split_of(originals), tuple(reversals), balances)
 
 
 def _conflict(stored: Posting, requested: Posting, names: Mapping[str, str]) -> Conflict:
@@ -512,12 +560,20 @@ def _client_id_problem(client_id: str) -> Rejected | None:
 
 
 def _customer_problem(ledger: Ledger, customer_id: str) -> Rejected | None:
-    if not CUSTOMER_ID_PATTERN.fullmatch(customer_id):
-        return Rejected(PaymentReason.INVALID_CUSTOMER, f"customer {customer_id!r} is not a valid id")
-    ids = (prepaid_account_id(customer_id), emergency_credit_account_id(customer_id), debt_account_id(customer_id))
-    if any(ledger.account(i) is None for i in ids):
-        return Rejected(PaymentReason.UNKNOWN_CUSTOMER, f"customer {customer_id} has no accounts open")
-    return None
+    problem = _customer_id_problem(customer_id)
+    if problem is None and not _accounts_open(ledger, customer_id):
+        return _unknown_customer(customer_id)
+    return problem
+
+
+def _customer_id_problem(customer_id: str) -> Rejected | None:
+    if CUSTOMER_ID_PATTERN.fullmatch(customer_id):
+        return None
+    return Rejected(PaymentReason.INVALID_CUSTOMER, f"customer {customer_id!r} is not a valid id")
+
+
+def _unknown_customer(customer_id: str) -> Rejected:
+    return Rejected(PaymentReason.UNKNOWN_CUSTOMER, f"customer {customer_id} has no accounts open")
 
 
 def _amount_problem(amount_fen: int) -> Rejected | None:

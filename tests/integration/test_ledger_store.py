@@ -399,6 +399,31 @@ def test_history_lists_an_accounts_postings_with_running_balance(db: Conn) -> No
         store.history(db, "nope")
 
 
+def test_balances_now_and_right_after_a_posting_are_the_pure_ledgers(db: Conn) -> None:
+    chart = _chart(db)
+    ledger = Ledger()
+    assert ledger.open_accounts(chart.accounts) is None
+    batches = [
+        [top_up(chart, "t1", 500)],
+        [usage(chart, "u1", 800), usage(chart, "u2", 1)],
+        [top_up(chart, "t2", 1_000, debit_account_id=chart.alipay)],
+    ]
+    for batch in batches:
+        assert store.post_batch(db, batch) == ledger.post_all(batch)
+    ids = [a.account_id for a in chart.accounts]
+    assert store.balances_fen(db, ids) == {a: ledger.balance_fen(a) for a in ids}
+    for posting_id in ("t1", "u1", "u2", "t2"):
+        expected = {a: ledger.balance_fen(a, after_posting_id=posting_id) for a in ids}
+        assert store.balances_fen(db, ids, after_posting_id=posting_id) == expected
+    assert list(store.balances_fen(db, [chart.revenue, chart.wechat])) == [chart.revenue, chart.wechat]
+    with pytest.raises(KeyError):
+        store.balances_fen(db, [chart.revenue, "nope"])
+    with pytest.raises(KeyError):
+        store.balances_fen(db, [chart.revenue], after_posting_id="nope")
+    assert store.postings(db, ["u2", "nope", "t1"]) == (usage(chart, "u2", 1), top_up(chart, "t1", 500))
+    assert store.postings(db, []) == ()
+
+
 def test_check_invariants_reports_corruption(db: Conn) -> None:
     chart = _chart(db)
     store.post_batch(db, [top_up(chart, "t1", 100), usage(chart, "u1", 30)])

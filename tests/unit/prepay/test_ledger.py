@@ -17,6 +17,7 @@ from prepay_engine.ledger import (
     AccountKind,
     AccountOpened,
     AlreadyPosted,
+    CheckedBatch,
     Conflict,
     Ledger,
     LedgerReason,
@@ -26,6 +27,7 @@ from prepay_engine.ledger import (
     Rejected,
     Side,
     cash_in_transit_account_id,
+    check_batch,
     check_invariants,
     customer_accounts,
     debt_account_id,
@@ -430,6 +432,29 @@ def test_reversals_of_unknown_postings_of_reversals_and_twice_in_a_batch_are_rej
     ledger.post(reversal)
     assert _reason(ledger.post(_reversal("rev:rev:t1", reversal))) is LedgerReason.REVERSAL_MISMATCH
     check_invariants(ledger)
+
+
+# --------------------------------------------------------------------------- the checks without a ledger
+
+
+def test_check_batch_applies_the_rules_to_given_totals_and_reports_what_the_batch_leaves() -> None:
+    ledger = _ledger()
+    accounts = {a.account_id: a for a in ledger.accounts()}
+    # the emergency credit receivable stands at 400 fen, the prepaid balance at -400
+    totals = {WECHAT: (0, 0), PREPAID: (400, 0), EMERGENCY: (400, 0)}
+    batch = [_top_up("t1", 1_000), _repay("t1:repay", 400)]
+    assert check_batch(batch, accounts, totals, {}, set()) == CheckedBatch(
+        totals_fen={WECHAT: (1_000, 0), PREPAID: (800, 1_000), EMERGENCY: (400, 400)},
+        balances_fen={WECHAT: 1_000, PREPAID: 200, EMERGENCY: 0},
+        balances_after_fen=((1_000, 600), (200, 0)),
+    )
+    assert _reason(check_batch([_repay("r", 401)], accounts, totals, {}, set())) is LedgerReason.OVERDRAW_NOT_ALLOWED
+    target = _top_up("t0", 5)
+    reversal = _reversal("rev", target)
+    assert _reason(check_batch([reversal], accounts, totals, {"t0": target}, {"t0"})) is LedgerReason.ALREADY_REVERSED
+    assert _reason(check_batch([reversal], accounts, totals, {}, set())) is LedgerReason.UNKNOWN_POSTING
+    # the totals given are all it knows: a ledger's own balances play no part
+    assert ledger.postings() == ()
 
 
 # --------------------------------------------------------------------------- the invariant helper can fail

@@ -47,8 +47,11 @@ from prepay_engine.payments import (
     customer_balances,
     lend_emergency_credit,
     pay_out_refund,
+    plan_reversal,
+    plan_top_up,
     refund,
     reverse_top_up,
+    split_of,
     split_top_up,
     top_up,
 )
@@ -356,6 +359,64 @@ def test_partial_and_unknown_reversals_are_rejected() -> None:
     assert _rejected(reverse_top_up(ledger, _reversal("t1", 4_000))) is PaymentReason.REVERSAL_AMOUNT_MISMATCH
     assert _rejected(reverse_top_up(ledger, _reversal("t9", 10_000))) is PaymentReason.UNKNOWN_TOP_UP
     assert _snapshot(ledger) == before
+
+
+# --------------------------------------------------------------------------- planners
+
+
+def test_plan_top_up_plans_from_balances_alone_what_top_up_posts() -> None:
+    ledger = _ledger()
+    _with_emergency_credit_and_debt(ledger, debt_fen=5_000)
+    before = _snapshot(ledger)
+    request = _pay("t1", 10_000)
+    planned = plan_top_up(request, customer_balances(ledger, CUSTOMER), TERMS)
+    assert isinstance(planned, tuple)
+    assert _snapshot(ledger) == before
+    assert split_of(planned) == Split(3_000, 700, 6_300)
+    outcome = top_up(ledger, request, TERMS)
+    assert isinstance(outcome, ToppedUp)
+    assert outcome.postings == planned
+    # owing nothing, nothing is carved out, however negative the balance
+    assert plan_top_up(request, CustomerBalances(-50_000, 0, 0), TERMS) == planned[:1]
+    assert split_of(planned[:1]) == Split(0, 0, 10_000)
+
+
+@pytest.mark.parametrize(
+    ("request_", "balances", "reason"),
+    [
+        (TopUp("WeChat", "1", CUSTOMER, 0, AT), None, PaymentReason.INVALID_CHANNEL),
+        (TopUp("wechat", "a:b", CUSTOMER, 0, AT), None, PaymentReason.INVALID_CLIENT_ID),
+        (TopUp("wechat", "1", "c:1", 0, AT), None, PaymentReason.INVALID_CUSTOMER),
+        (TopUp("wechat", "1", CUSTOMER, 0, AT), None, PaymentReason.UNKNOWN_CUSTOMER),
+        (TopUp("wechat", "1", CUSTOMER, 0, AT), CustomerBalances(0, 0, 0), LedgerReason.INVALID_AMOUNT),
+        (TopUp("wechat", "1", CUSTOMER, True, AT), CustomerBalances(0, 0, 0), LedgerReason.INVALID_AMOUNT),
+    ],
+)
+def test_plan_top_up_validates_in_the_order_top_up_does(
+    request_: TopUp, balances: CustomerBalances | None, reason: object
+) -> None:
+    assert _rejected(plan_top_up(request_, balances, TERMS)) is reason
+
+
+def test_plan_reversal_mirrors_the_top_up_carve_outs_first() -> None:
+    ledger = _ledger()
+    _with_emergency_credit_and_debt(ledger, debt_fen=5_000)
+    first = top_up(ledger, _pay("t1", 10_000), TERMS)
+    assert isinstance(first, ToppedUp)
+    before = _snapshot(ledger)
+    planned = plan_reversal(first.postings, _reversal("t1", 10_000))
+    assert isinstance(planned, tuple)
+    assert _snapshot(ledger) == before
+    assert [(p.debit_account_id, p.credit_account_id, p.amount_fen, p.reverses) for p in planned] == [
+        (q.credit_account_id, q.debit_account_id, q.amount_fen, q.posting_id) for q in reversed(first.postings)
+    ]
+    outcome = reverse_top_up(ledger, _reversal("t1", 10_000))
+    assert isinstance(outcome, Reversed)
+    assert outcome.postings == planned
+    assert _rejected(plan_reversal((), _reversal("t1", 10_000))) is PaymentReason.UNKNOWN_TOP_UP
+    assert _rejected(plan_reversal(first.postings, _reversal("t1", 9_999))) is PaymentReason.REVERSAL_AMOUNT_MISMATCH
+    invalid = TopUpReversal("WeChat", "t1", 10_000, AT)
+    assert _rejected(plan_reversal(first.postings, invalid)) is PaymentReason.INVALID_CHANNEL
 
 
 # --------------------------------------------------------------------------- emergency credit
