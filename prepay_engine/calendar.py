@@ -35,6 +35,7 @@ into "no disconnect", because when we are unsure we do not cut power.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +46,8 @@ __all__ = [
     "CalendarRangeError",
     "ChinaMainlandCalendar",
     "DayInfo",
+    "DeclaredYear",
+    "DeclaredYearsCalendar",
     "UnknownDay",
     "WorkdayCalendar",
     "classify_day",
@@ -163,6 +166,68 @@ class ChinaMainlandCalendar:
     def is_working_day(self, day: dt.date) -> bool:
         """True for an official working day (make-up days included); raises CalendarRangeError if unknown."""
         return _known(self.classify(day)).working_day
+
+
+@dataclass(frozen=True, slots=True)
+class DeclaredYear:
+    """A whole year's official schedule entered by an operator, e.g. a State Council notice the package lacks yet."""
+
+    year: int
+    source: str
+    holidays: Mapping[dt.date, str]
+    makeup_working_days: Mapping[dt.date, str]
+
+    def __post_init__(self) -> None:
+        if not self.source.strip():
+            raise ValueError("a declared year needs its source (the notice's title and number)")
+        if not self.holidays:
+            raise ValueError(f"{self.year}: a year without public holidays is surely a mistake")
+        for kind, days in (("holiday", self.holidays), ("make-up working day", self.makeup_working_days)):
+            for day in days:
+                _require_date(day)
+                if day.year != self.year:
+                    raise ValueError(f"{kind} {day.isoformat()} is not in {self.year}")
+        both = sorted(set(self.holidays) & set(self.makeup_working_days))
+        if both:
+            raise ValueError(f"{both[0].isoformat()} is both a holiday and a make-up working day")
+        weekdays = sorted(d for d in self.makeup_working_days if d.weekday() < _SATURDAY)
+        if weekdays:
+            raise ValueError(f"make-up working day {weekdays[0].isoformat()} is not a Saturday or Sunday")
+
+
+class DeclaredYearsCalendar:
+    """A calendar whose declared years come from operators and every other year from `base`.
+
+    A declared year replaces the base's answer for that whole year: it is entered deliberately, from the
+    notice itself, so it wins over a package that may lag behind or carry a mistake.
+    """
+
+    __slots__ = ("_base", "_years")
+
+    def __init__(self, base: WorkdayCalendar, years: Iterable[DeclaredYear]) -> None:
+        self._base = base
+        self._years: dict[int, DeclaredYear] = {}
+        for declared in years:
+            if declared.year in self._years:
+                raise ValueError(f"{declared.year} is declared twice")
+            self._years[declared.year] = declared
+
+    @property
+    def declared_years(self) -> tuple[int, ...]:
+        """The years entered by operators, ascending."""
+        return tuple(sorted(self._years))
+
+    def classify(self, day: dt.date) -> DayInfo | UnknownDay:
+        """The declared year's answer if `day` is in one, else the base calendar's."""
+        _require_date(day)
+        declared = self._years.get(day.year)
+        if declared is None:
+            return self._base.classify(day)
+        if day in declared.holidays:
+            return DayInfo(day, True, False, declared.holidays[day], declared.source)
+        if day in declared.makeup_working_days:
+            return DayInfo(day, False, True, declared.makeup_working_days[day], declared.source)
+        return DayInfo(day, False, False, None, declared.source)
 
 
 def _known(info: DayInfo | UnknownDay) -> DayInfo:
