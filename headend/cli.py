@@ -13,6 +13,15 @@ import typer
 
 from headend.db.migrate import migrate as run_migrations
 from headend.demo import DemoOptions, run_demo
+from headend.engine_cli import (
+    account_app,
+    calendar_app,
+    engine_command,
+    pay_command,
+    policy_app,
+    settle_command,
+    tariff_app,
+)
 from headend.ingest.worker import IngestWorker
 from headend.registry import RegistryFileError, import_meters, read_registry_file
 from headend.reports.collection import GroupBy, collection_report, format_report
@@ -25,6 +34,13 @@ app = typer.Typer(help="Head-end and prepaid control system for electricity mete
 meters_app = typer.Typer(help="Meter registry.", no_args_is_help=True)
 app.add_typer(meters_app, name="meters")
 app.command("simulate")(simulate)
+app.add_typer(tariff_app, name="tariff")
+app.add_typer(policy_app, name="policy")
+app.add_typer(account_app, name="account")
+app.add_typer(calendar_app, name="calendar")
+app.command("pay")(pay_command)
+app.command("engine")(engine_command)
+app.command("settle")(settle_command)
 log = logging.getLogger("headend")
 
 

@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     future_tolerance_s: int = Field(default=300, ge=0, description="how far ahead of now a reading may be stamped")
     partitions_ahead_days: int = Field(default=7, ge=1)
     data_dir: str = Field(default=".headend", description="where the embedded database keeps its files")
+    engine_lateness_s: int = Field(
+        default=300, ge=0, description="how late a reading may arrive and still be charged in time order"
+    )
+    engine_batch_accounts: int = Field(default=2000, ge=1, le=100_000, description="accounts charged per transaction")
+    engine_poll_s: float = Field(default=1.0, gt=0, description="pause between runner sweeps when nothing is due")
 
     @field_validator("timezone")
     @classmethod

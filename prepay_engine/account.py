@@ -93,7 +93,15 @@ from prepay_engine.policy import (
 )
 from prepay_engine.policy import decide as decide_policy
 from prepay_engine.tariffs import SHANGHAI, Tariff
-from prepay_engine.usage import MeterRegister, UsageEvent, UsageResult, UsageState, charge_usage, open_usage
+from prepay_engine.usage import (
+    IntervalCharge,
+    MeterRegister,
+    UsageEvent,
+    UsageResult,
+    UsageState,
+    charge_usage,
+    open_usage,
+)
 
 __all__ = [
     "CHINA_MAINLAND",
@@ -116,6 +124,7 @@ __all__ = [
     "command_request_id",
     "notification_request_id",
     "open_account",
+    "usage_postings",
 ]
 
 CHINA_MAINLAND: Final = ChinaMainlandCalendar()
@@ -378,12 +387,19 @@ class PrepaidAccount:
 
     def snapshot(self, ledger: Ledger) -> AccountSnapshot:
         """The account as the policy sees it, with its balances from the ledger."""
-        outstanding = ledger.balance_fen(emergency_credit_account_id(self.account_id))
+        return self.snapshot_at(
+            ledger.balance_fen(prepaid_account_id(self.account_id)),
+            ledger.balance_fen(emergency_credit_account_id(self.account_id)),
+        )
+
+    def snapshot_at(self, balance_fen: int, emergency_credit_outstanding_fen: int) -> AccountSnapshot:
+        """The account as the policy sees it, given its prepaid balance and outstanding emergency credit."""
+        outstanding = emergency_credit_outstanding_fen
         # the policy counts only what may still be lent; lending is refused while any is outstanding
         available = self.terms.emergency_credit_fen if outstanding == 0 else 0
         return AccountSnapshot(
             account_id=self.account_id,
-            balance_fen=ledger.balance_fen(prepaid_account_id(self.account_id)),
+            balance_fen=balance_fen,
             emergency_credit_available_fen=available,
             emergency_credit_outstanding_fen=outstanding,
             protected=self.protected,
@@ -403,11 +419,7 @@ class PrepaidAccount:
         """
         _require_aware(now, "now")
         usage = charge_usage(self.usage, events, self.tariff, complete_until=complete_until)
-        postings = [
-            usage_posting(self.account_id, c.charge_id, c.amount_fen, c.interval_end, f"{c.meter_id} {c.energy_wh} Wh")
-            for c in usage.charges
-            if c.amount_fen > 0
-        ]
+        postings = usage_postings(self.account_id, usage.charges)
         problem: Conflict | Rejected | None = self._ledger_problem(ledger)
         fresh: list[Posting] = []
         replayed: list[Posting] = []
@@ -503,6 +515,13 @@ class PrepaidAccount:
         account, decision, commands, notifications = self._conclude(ledger, now)
         return Decided(account, decision, commands, notifications)
 
+    def decide_at(self, balance_fen: int, emergency_credit_outstanding_fen: int, now: datetime) -> Decided:
+        """Apply the policy at `now` to balances read elsewhere (a store that holds the ledger)."""
+        _require_aware(now, "now")
+        snapshot = self.snapshot_at(balance_fen, emergency_credit_outstanding_fen)
+        account, decision, commands, notifications = self._conclude_snapshot(snapshot, now)
+        return Decided(account, decision, commands, notifications)
+
     # ------------------------------------------------------------------ internals
 
     def _ledger_problem(self, ledger: Ledger) -> Rejected | None:
@@ -515,7 +534,11 @@ class PrepaidAccount:
     def _conclude(
         self, ledger: Ledger, now: datetime
     ) -> tuple[PrepaidAccount, Decision, tuple[CommandRequest, ...], tuple[NotificationRequest, ...]]:
-        snapshot = self.snapshot(ledger)
+        return self._conclude_snapshot(self.snapshot(ledger), now)
+
+    def _conclude_snapshot(
+        self, snapshot: AccountSnapshot, now: datetime
+    ) -> tuple[PrepaidAccount, Decision, tuple[CommandRequest, ...], tuple[NotificationRequest, ...]]:
         decision = decide_policy(self.policy, snapshot, self.notices, now, self.zone, self.calendar)
         active = decision.episode_active
         episode = self.episode + 1 if active and not self.in_episode else self.episode
@@ -572,6 +595,15 @@ class PrepaidAccount:
             assert not after.protected, "protected customers are never disconnected"
             assert not after.keep_supply, "keep-supply forbids disconnects"
         return after, decision, tuple(commands), tuple(notifications)
+
+
+def usage_postings(account_id: str, charges: Iterable[IntervalCharge]) -> tuple[Posting, ...]:
+    """The ledger postings of usage charges: one per charge of at least 1 fen, id = charge id, time = interval end."""
+    return tuple(
+        usage_posting(account_id, c.charge_id, c.amount_fen, c.interval_end, f"{c.meter_id} {c.energy_wh} Wh")
+        for c in charges
+        if c.amount_fen > 0
+    )
 
 
 def _wrong_account(detail: str) -> Rejected:

@@ -1,0 +1,471 @@
+"""Charge a set of prepaid accounts in one transaction: readings → charges → postings → decisions → outboxes.
+
+One call of `charge_accounts` locks the accounts' rows (SKIP LOCKED: a second runner takes others), feeds each
+account the readings and meter replacements after its last consumed reading up to `complete_until` (the
+lateness promise, see `prepay_engine.usage`), and writes everything the pure core returns — usage postings,
+ledger balances, notifications, relay commands, anomalies and the new account state — before it commits.
+Nothing is written for an account unless all of it is, so a runner killed mid-batch leaves the accounts as
+they were and the next runner charges them; the charge ids are deterministic, so a replay could never post a
+charge twice either (the posting id is the ledger's primary key).
+
+Locks are taken in one order everywhere: account rows, then the customers' ledger rows (C collation), then the
+shared revenue account last and only for the append, so two runners overlap their charging and queue only on
+the short tail that appends postings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from headend.engine.account_rows import (
+    ACCOUNT_COLUMNS,
+    METER_COLUMNS,
+    STATE_COLUMNS,
+    AccountMeter,
+    account_from_row,
+    meter_from_row,
+    replacements,
+    state_values,
+)
+from headend.engine.catalog import Catalog
+from headend.engine.outbox import write_requests
+from headend.ledger_store import POSTING_ROW_COLUMNS, posting_row
+from prepay_engine.account import CommandRequest, NotificationRequest, PrepaidAccount, usage_postings
+from prepay_engine.ledger import (
+    DEFAULT_MAX_POSTING_FEN,
+    MAX_BIGINT,
+    REVENUE_ACCOUNT_ID,
+    Posting,
+    emergency_credit_account_id,
+    prepaid_account_id,
+)
+from prepay_engine.usage import RegisterReading, UsageEvent, UsageResult, charge_usage
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[Any]
+Cursor = psycopg.Cursor[Any]
+
+ENGINE_ACTOR: Final = "engine"
+_ACCOUNT_SELECT: Final = ", ".join(f"a.{c}" for c in ACCOUNT_COLUMNS)
+# an account may have something to do: a reading it has not seen, a reading that became chargeable, a wake-up
+_DUE_SQL: Final = """
+    SELECT account_id FROM prepaid_accounts WHERE due_at <= %(now)s
+    UNION SELECT account_id FROM prepaid_accounts WHERE wake_at <= %(now)s
+    UNION SELECT a.account_id FROM prepaid_accounts a JOIN meter_register_state s USING (meter_id)
+        WHERE a.due_at IS NULL AND s.last_ts > a.seen_until AND a.seen_until < %(cu)s
+    ORDER BY 1 LIMIT %(limit)s
+"""
+_STAGE_SQL: Final = f"""
+    CREATE TEMP TABLE IF NOT EXISTS engine_account_stage ON COMMIT DELETE ROWS AS
+    SELECT account_id, {", ".join(STATE_COLUMNS)}, seen_until, due_at, wake_at FROM prepaid_accounts WITH NO DATA
+"""
+_STAGE_TYPES: Final = [
+    "text",
+    "bool",
+    "bool",
+    "text",
+    "jsonb",
+    "int4",
+    "int4",
+    "jsonb",
+    "int4",
+    "bool",
+    "varchar",
+    "timestamptz",
+    "int8",
+    "timestamptz",
+    "varchar",
+    "int8",
+    "int8",
+    "int8",
+    "numeric",
+    "int8",
+    "timestamptz",
+    "timestamptz",
+    "timestamptz",
+]
+_POSTING_TYPES: Final = [
+    "text",
+    "text",
+    "text",
+    "int8",
+    "text",
+    "timestamptz",
+    "text",
+    "text",
+    "bool",
+    "int8",
+    "int8",
+    "int8",
+    "int8",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """What one transaction did."""
+
+    accounts: int = 0  # locked and looked at
+    decided: int = 0
+    charges: int = 0  # interval charges, including those of 0 fen
+    postings: int = 0
+    charged_fen: int = 0
+    notifications: int = 0
+    commands: int = 0
+    anomalies: int = 0
+
+    def __add__(self, other: BatchStats) -> BatchStats:
+        return BatchStats(
+            self.accounts + other.accounts,
+            self.decided + other.decided,
+            self.charges + other.charges,
+            self.postings + other.postings,
+            self.charged_fen + other.charged_fen,
+            self.notifications + other.notifications,
+            self.commands + other.commands,
+            self.anomalies + other.anomalies,
+        )
+
+
+def due_accounts(conn: Connection, *, now: datetime, complete_until: datetime, limit: int) -> list[str]:
+    """Ids of accounts that may have something to charge or decide, in id order (not locked)."""
+    rows = conn.execute(_DUE_SQL, {"now": now, "cu": complete_until, "limit": limit}).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def charge_accounts(
+    conn: Connection,
+    catalog: Catalog,
+    account_ids: Sequence[str],
+    *,
+    now: datetime,
+    complete_until: datetime,
+    lateness_s: float,
+    wait: bool = False,
+) -> BatchStats:
+    """Charge and decide the given accounts in one transaction; accounts locked elsewhere are skipped unless `wait`."""
+    assert now.utcoffset() is not None
+    assert complete_until.utcoffset() is not None
+    assert complete_until <= now
+    if not account_ids:
+        return BatchStats()
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        catalog.refresh(conn)
+        cur.execute(
+            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id = ANY(%s) "
+            f"ORDER BY a.account_id FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
+            (list(account_ids),),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            return BatchStats()
+        return _charge_locked(cur, catalog, rows, now=now, complete_until=complete_until, lateness_s=lateness_s)
+
+
+@dataclass(slots=True)
+class _Work:
+    row: dict[str, Any]
+    account: PrepaidAccount
+    usage: UsageResult | None = None
+    postings: tuple[Posting, ...] = ()
+    decide: bool = False
+
+
+def _charge_locked(
+    cur: Cursor,
+    catalog: Catalog,
+    rows: list[dict[str, Any]],
+    *,
+    now: datetime,
+    complete_until: datetime,
+    lateness_s: float,
+) -> BatchStats:
+    cu = complete_until.astimezone(UTC)
+    ids = [r["account_id"] for r in rows]
+    history = _meter_history(cur, ids)
+    events, next_ts = _usage_events(cur, rows, history, cu)
+
+    works: list[_Work] = []
+    anomalies: list[tuple[str, str, datetime, str, str]] = []
+    stats_charges = 0
+    for row in rows:
+        account_id = row["account_id"]
+        account = account_from_row(
+            row,
+            catalog.tariffs[row["tariff_code"]],
+            catalog.policies[row["policy_code"]],
+            history[account_id],
+            catalog.calendar,
+        )
+        work = _Work(row, account)
+        wake_at = row["wake_at"]
+        work.decide = wake_at is not None and wake_at <= now
+        account_events = events.get(account_id)
+        if account_events:
+            usage = charge_usage(account.usage, account_events, account.tariff, complete_until=cu)
+            work.usage = usage
+            work.account = replace(account, usage=usage.state)
+            work.postings = usage_postings(account_id, usage.charges)
+            work.decide = work.decide or bool(work.postings)
+            stats_charges += len(usage.charges)
+            anomalies.extend((account_id, a.meter_id, a.ts, str(a.kind), a.detail) for a in usage.anomalies)
+        works.append(work)
+
+    postings = [p for w in works for p in w.postings]
+    balances = _lock_customer_balances(cur, [w for w in works if w.decide])
+    customer_rows = _apply_usage_to_balances(postings, balances)
+
+    notifications: list[NotificationRequest] = []
+    commands: list[CommandRequest] = []
+    wake: dict[str, datetime | None] = {}
+    decided = 0
+    for work in works:
+        if not work.decide:
+            continue
+        account_id = work.account.account_id
+        step = work.account.decide_at(
+            balances[prepaid_account_id(account_id)].balance_fen,
+            balances[emergency_credit_account_id(account_id)].balance_fen,
+            now,
+        )
+        decided += 1
+        work.account = step.account
+        notifications.extend(step.notifications)
+        commands.extend(step.commands)
+        wake[account_id] = step.wake_at
+
+    write_requests(cur, notifications, commands, requested_by=ENGINE_ACTOR)
+    if anomalies:
+        cur.executemany(
+            "INSERT INTO usage_anomalies (account_id, meter_id, ts, kind, detail) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT DO NOTHING",
+            anomalies,
+        )
+    _save_accounts(cur, works, wake, next_ts, cu, lateness_s)
+    _update_customer_balances(cur, balances, list(customer_rows))
+    charged_fen = _append_usage_postings(cur, postings, customer_rows)
+    return BatchStats(
+        accounts=len(rows),
+        decided=decided,
+        charges=stats_charges,
+        postings=len(postings),
+        charged_fen=charged_fen,
+        notifications=len(notifications),
+        commands=len(commands),
+        anomalies=len(anomalies),
+    )
+
+
+def _meter_history(cur: Cursor, account_ids: list[str]) -> dict[str, list[AccountMeter]]:
+    cur.execute(
+        f"SELECT {', '.join(METER_COLUMNS)} FROM account_meters WHERE account_id = ANY(%s) "
+        "ORDER BY account_id, installed_at",
+        (account_ids,),
+    )
+    history: dict[str, list[AccountMeter]] = defaultdict(list)
+    for row in cur.fetchall():
+        meter = meter_from_row([row[c] for c in METER_COLUMNS])
+        history[meter.account_id].append(meter)
+    return history
+
+
+def _usage_events(
+    cur: Cursor, rows: list[dict[str, Any]], history: Mapping[str, list[AccountMeter]], cu: datetime
+) -> tuple[dict[str, list[UsageEvent]], dict[str, datetime]]:
+    """Readings and replacements after each account's anchor up to `cu`, and each account's next reading after it."""
+    pair_accounts: list[str] = []
+    pair_meters: list[str] = []
+    pair_after: list[datetime] = []
+    events: dict[str, list[UsageEvent]] = defaultdict(list)
+    for row in rows:
+        anchor: datetime = row["anchor_ts"]
+        for meter in history[row["account_id"]]:
+            if meter.removed_at is None or meter.removed_at > anchor:
+                pair_accounts.append(row["account_id"])
+                pair_meters.append(meter.meter_id)
+                pair_after.append(max(anchor, meter.installed_at) if meter.installed_at > anchor else anchor)
+        for event in replacements(history[row["account_id"]]):
+            if anchor < event.at <= cu:
+                events[row["account_id"]].append(event)
+    if not pair_accounts:
+        return events, {}
+    lowest = min(pair_after)
+    # the constant bounds let PostgreSQL prune the readings partitions outside the window
+    cur.execute(
+        """
+        SELECT q.account_id, r.meter_id, r.ts, r.energy_import_wh
+        FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS q(account_id, meter_id, after_ts)
+        JOIN readings r ON r.meter_id = q.meter_id AND r.ts > q.after_ts
+        WHERE r.ts > %s AND r.ts <= %s
+        """,
+        (pair_accounts, pair_meters, pair_after, lowest, cu),
+    )
+    for row in cur.fetchall():
+        events[row["account_id"]].append(RegisterReading(row["meter_id"], row["ts"], row["energy_import_wh"]))
+    cur.execute(
+        """
+        SELECT q.account_id, min(n.ts) AS next_ts
+        FROM unnest(%s::text[], %s::text[]) AS q(account_id, meter_id)
+        CROSS JOIN LATERAL (
+            SELECT r.ts FROM readings r WHERE r.meter_id = q.meter_id AND r.ts > %s ORDER BY r.ts LIMIT 1
+        ) AS n
+        GROUP BY q.account_id
+        """,
+        (pair_accounts, pair_meters, cu),
+    )
+    next_ts = {row["account_id"]: row["next_ts"] for row in cur.fetchall()}
+    return events, next_ts
+
+
+@dataclass(slots=True)
+class _Balance:
+    account_id: str
+    debits_fen: int
+    credits_fen: int
+    balance_fen: int
+    version: int
+
+
+def _lock_customer_balances(cur: Cursor, works: list[_Work]) -> dict[str, _Balance]:
+    ids = sorted(
+        {
+            a
+            for w in works
+            for a in (prepaid_account_id(w.account.account_id), emergency_credit_account_id(w.account.account_id))
+        }
+    )
+    if not ids:
+        return {}
+    # one global lock order with headend.ledger_store: C collation of the account id
+    cur.execute(
+        "SELECT account_id, debits_fen, credits_fen, balance_fen, version FROM ledger_accounts "
+        'WHERE account_id = ANY(%s) ORDER BY account_id COLLATE "C" FOR UPDATE',
+        (ids,),
+    )
+    balances = {r["account_id"]: _Balance(**r) for r in cur.fetchall()}
+    missing = [a for a in ids if a not in balances]
+    if missing:
+        raise RuntimeError(f"ledger accounts not open: {', '.join(missing[:5])}")
+    return balances
+
+
+def _apply_usage_to_balances(postings: list[Posting], balances: dict[str, _Balance]) -> dict[str, list[int]]:
+    """Lower each customer's prepaid balance by its postings; the balance after each posting, by account."""
+    after: dict[str, list[int]] = defaultdict(list)
+    for p in postings:
+        assert 0 < p.amount_fen <= DEFAULT_MAX_POSTING_FEN, p
+        b = balances[p.debit_account_id]
+        b.debits_fen += p.amount_fen
+        if b.debits_fen > MAX_BIGINT:
+            raise OverflowError(f"{p.debit_account_id}: debit total would exceed {MAX_BIGINT}")
+        b.balance_fen = b.credits_fen - b.debits_fen  # customer prepaid is credit-normal
+        after[p.debit_account_id].append(b.balance_fen)
+    return after
+
+
+def _update_customer_balances(cur: Cursor, balances: Mapping[str, _Balance], touched: Sequence[str]) -> None:
+    if not touched:
+        return
+    rows = [balances[a] for a in sorted(touched)]
+    cur.execute(
+        """
+        UPDATE ledger_accounts AS a
+        SET debits_fen = v.debits_fen, balance_fen = v.balance_fen, version = a.version + 1
+        FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[])
+            AS v(account_id, debits_fen, balance_fen, version)
+        WHERE a.account_id = v.account_id AND a.version = v.version
+        """,
+        (
+            [b.account_id for b in rows],
+            [b.debits_fen for b in rows],
+            [b.balance_fen for b in rows],
+            [b.version for b in rows],
+        ),
+    )
+    if cur.rowcount != len(rows):
+        # impossible while every writer goes through the row locks; refuse rather than lose an update
+        raise RuntimeError("ledger accounts changed under their row locks")
+
+
+def _append_usage_postings(cur: Cursor, postings: list[Posting], customer_rows: Mapping[str, list[int]]) -> int:
+    """Append the usage postings with running balances; the revenue account is locked only for this."""
+    if not postings:
+        return 0
+    cur.execute(
+        "SELECT debits_fen, credits_fen, version FROM ledger_accounts WHERE account_id = %s FOR UPDATE",
+        (REVENUE_ACCOUNT_ID,),
+    )
+    revenue = cur.fetchone()
+    if revenue is None:
+        raise RuntimeError(f"the house account {REVENUE_ACCOUNT_ID} is not open")
+    cur.execute(
+        "SELECT nextval(pg_get_serial_sequence('ledger_postings', 'seq')) AS seq FROM generate_series(1, %s)",
+        (len(postings),),
+    )
+    seqs = sorted(int(r["seq"]) for r in cur.fetchall())
+    credits = int(revenue["credits_fen"])
+    position: dict[str, int] = defaultdict(int)
+    total = 0
+    with cur.copy(f"COPY ledger_postings ({POSTING_ROW_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_POSTING_TYPES)
+        for p, seq in zip(postings, seqs, strict=True):
+            credits += p.amount_fen
+            total += p.amount_fen
+            customer_after = customer_rows[p.debit_account_id][position[p.debit_account_id]]
+            position[p.debit_account_id] += 1
+            revenue_after = credits - int(revenue["debits_fen"])
+            copy.write_row(posting_row(p, customer_after, revenue_after, seqs[0], seq))
+    if credits > MAX_BIGINT:
+        raise OverflowError(f"{REVENUE_ACCOUNT_ID}: credit total would exceed {MAX_BIGINT}")
+    cur.execute(
+        "UPDATE ledger_accounts SET credits_fen = %s, balance_fen = %s - debits_fen, version = version + 1 "
+        "WHERE account_id = %s",
+        (credits, credits, REVENUE_ACCOUNT_ID),
+    )
+    return total
+
+
+def _save_accounts(
+    cur: Cursor,
+    works: list[_Work],
+    wake: Mapping[str, datetime | None],
+    next_ts: Mapping[str, datetime],
+    cu: datetime,
+    lateness_s: float,
+) -> None:
+    lateness = timedelta(seconds=lateness_s)
+    cur.execute(_STAGE_SQL)
+    with cur.copy(
+        f"COPY engine_account_stage (account_id, {', '.join(STATE_COLUMNS)}, seen_until, due_at, wake_at) "
+        "FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(_STAGE_TYPES)
+        for work in works:
+            account_id = work.account.account_id
+            values = list(state_values(work.account))
+            values[3] = None if values[3] is None else Jsonb(values[3])
+            values[6] = Jsonb(values[6])
+            following = next_ts.get(account_id)
+            due_at = None if following is None else following + lateness
+            wake_at = wake[account_id] if account_id in wake else work.row["wake_at"]
+            seen_until = max(work.row["seen_until"], cu)
+            copy.write_row((account_id, *values, seen_until, due_at, wake_at))
+    assignments = ", ".join(f"{c} = s.{c}" for c in (*STATE_COLUMNS, "seen_until", "due_at", "wake_at"))
+    cur.execute(
+        f"UPDATE prepaid_accounts AS a SET {assignments}, version = a.version + 1, updated_at = now() "
+        "FROM engine_account_stage s WHERE a.account_id = s.account_id"
+    )
+    assert cur.rowcount == len(works), (cur.rowcount, len(works))
+
+
+__all__ = ["BatchStats", "charge_accounts", "due_accounts"]

@@ -1,0 +1,380 @@
+"""The prepay engine runner against the real PostgreSQL: same outcome as the pure core, once, whatever happens."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from headend import ledger_store
+from headend.engine import charging
+from headend.engine.accounts import AccountError, open_account, pay, replace_meter
+from headend.engine.catalog import Catalog, CatalogError, put_calendar_year, put_policy, put_tariff
+from headend.engine.runner import EngineRunner
+from headend.engine.settlement import SettlementError, settle_day
+from prepay_engine import account as pure_account
+from prepay_engine.account import RelayAction
+from prepay_engine.calendar import DeclaredYear
+from prepay_engine.ledger import Ledger, house_accounts, prepaid_account_id
+from prepay_engine.payments import PaymentTerms, ToppedUp, TopUp
+from prepay_engine.policy import FriendlyCreditWindows
+from prepay_engine.tariffs import SHANGHAI
+from prepay_engine.usage import MeterRegister, RegisterReading, charge_usage
+from tests.integration.conftest import count, register
+from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, series, store_readings
+
+Conn = psycopg.Connection[Any]
+STEP = timedelta(minutes=15)
+NOW = DAY_START + timedelta(days=1, hours=2)
+LATENESS_S = 600.0
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[Conn]:
+    """An autocommit connection to a fresh migrated database."""
+    with psycopg.connect(database_url, autocommit=True) as c:
+        yield c
+
+
+def _open(conn: Conn, catalog: Catalog, account_id: str, meter_id: str, register_wh: int = 1_000_000) -> None:
+    open_account(
+        conn,
+        catalog,
+        account_id,
+        meter_id=meter_id,
+        tariff_code=TARIFF.code,
+        policy_code=STRICT_POLICY.name,
+        opened_at=DAY_START,
+        opening_register_wh=register_wh,
+        zone=SHANGHAI,
+    )
+
+
+def _runner(conn: Conn, catalog: Catalog | None = None, batch: int = 50) -> EngineRunner:
+    return EngineRunner(conn, LATENESS_S, batch, clock=lambda: NOW, catalog=catalog or Catalog())
+
+
+def _pure_outcome(
+    meter_id: str, readings: list[tuple[str, datetime, int]], register_wh: int = 1_000_000
+) -> pure_account.ReadingsApplied:
+    ledger = Ledger()
+    assert ledger.open_accounts(house_accounts(())) is None
+    opened = pure_account.open_account(
+        ledger,
+        "acc",
+        meter=MeterRegister(meter_id),
+        opened_at=DAY_START,
+        opening_register_wh=register_wh,
+        tariff=TARIFF,
+        terms=PaymentTerms(),
+        policy=STRICT_POLICY,
+    )
+    assert isinstance(opened, pure_account.PrepaidAccount)
+    cu = NOW - timedelta(seconds=LATENESS_S)
+    step = opened.apply_readings(ledger, [RegisterReading(m, ts, wh) for m, ts, wh in readings], cu, NOW)
+    assert isinstance(step, pure_account.ReadingsApplied)
+    return step
+
+
+def _postings(conn: Conn, account_id: str) -> dict[str, int]:
+    rows = conn.execute(
+        "SELECT posting_id, amount_fen FROM ledger_postings WHERE debit_account_id = %s AND kind = 'usage'",
+        (prepaid_account_id(account_id),),
+    ).fetchall()
+    return {str(r[0]): int(r[1]) for r in rows}
+
+
+def _as(request_id: str, account_id: str) -> str:
+    """A request id of the pure account "acc" as the account `account_id` makes it."""
+    return request_id.replace(":acc:", f":{account_id}:", 1)
+
+
+def test_runner_charges_like_the_pure_core_and_writes_its_requests(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1"])
+    _open(conn, catalog, "a1", "m1")
+    readings = series("m1", DAY_START + timedelta(minutes=5), 96, STEP, 1_000_000, 400)
+    assert store_readings(conn, readings) == 96
+
+    stats = _runner(conn, catalog).sweep()
+
+    expected = _pure_outcome("m1", readings)
+    assert stats.accounts == 1
+    assert stats.postings == len(expected.posted)
+    posted = conn.execute(
+        "SELECT posting_id, amount_fen, at FROM ledger_postings WHERE kind = 'usage' ORDER BY seq"
+    ).fetchall()
+    # charge ids name the meter and the interval, not the account
+    assert [(r[0], r[1], r[2]) for r in posted] == [(p.posting_id, p.amount_fen, p.at) for p in expected.posted]
+    balance = ledger_store.balance_fen(conn, prepaid_account_id("a1"))
+    assert balance == -sum(p.amount_fen for p in expected.posted)
+    assert balance < 0
+    # the policy saw the exhausted balance: the same notices and the disconnect, with the account's ids
+    notices = conn.execute("SELECT request_id, kind FROM notification_outbox ORDER BY request_id").fetchall()
+    assert [r[0] for r in notices] == sorted(_as(n.request_id, "a1") for n in expected.notifications)
+    commands = conn.execute(
+        "SELECT request_id, action, meter_id, requested_by, reasons FROM command_requests"
+    ).fetchall()
+    assert [(r[0], r[1], r[2]) for r in commands] == [
+        (_as(c.request_id, "a1"), str(c.action), "m1") for c in expected.commands
+    ]
+    assert commands[0][3] == "engine"
+    assert commands[0][4][0]["code"]
+    assert ledger_store.check_invariants(conn) == ()
+
+    # nothing more to do until new readings arrive; a second sweep changes nothing
+    assert _runner(conn, catalog).sweep().postings == 0
+    assert ledger_store.balance_fen(conn, prepaid_account_id("a1")) == balance
+
+
+def test_readings_within_the_lateness_window_wait_and_are_charged_later(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1"])
+    _open(conn, catalog, "a1", "m1")
+    cu = NOW - timedelta(seconds=LATENESS_S)
+    store_readings(conn, [("m1", cu - STEP, 1_000_500), ("m1", cu + timedelta(minutes=1), 1_000_900)])
+    _runner(conn, catalog).sweep()
+    row = conn.execute("SELECT anchor_ts, due_at, seen_until FROM prepaid_accounts").fetchone()
+    assert row is not None
+    assert row[0] == cu - STEP
+    assert row[1] == cu + timedelta(minutes=1) + timedelta(seconds=LATENESS_S)
+    assert row[2] == cu
+    later = EngineRunner(conn, LATENESS_S, 50, clock=lambda: NOW + timedelta(minutes=2), catalog=catalog)
+    assert later.sweep().accounts == 1
+    anchor = conn.execute("SELECT anchor_ts, due_at FROM prepaid_accounts").fetchone()
+    assert anchor == (cu + timedelta(minutes=1), None)
+
+
+def test_two_runners_at_once_charge_each_interval_once(database_url: str, conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    accounts = 60
+    meters = [f"m{i:03d}" for i in range(accounts)]
+    register(conn, meters)
+    readings = []
+    for i, meter in enumerate(meters):
+        _open(conn, catalog, f"a{i:03d}", meter)
+        readings += series(meter, DAY_START + timedelta(minutes=1), 48, STEP, 1_000_000, 100 + i)
+    store_readings(conn, readings)
+
+    results: list[charging.BatchStats] = []
+
+    def run() -> None:
+        with psycopg.connect(database_url, autocommit=True) as own:
+            results.append(_runner(own, batch=7).sweep())
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    # whatever a runner skipped because the other held it is due again: a last sweep takes the rest
+    results.append(_runner(conn, batch=7).sweep())
+
+    total_postings = sum(r.postings for r in results)
+    assert total_postings == count(conn, "SELECT count(*) FROM ledger_postings WHERE kind = 'usage'")
+    for i, meter in enumerate(meters):
+        expected = _pure_outcome(meter, [r for r in readings if r[0] == meter])
+        assert _postings(conn, f"a{i:03d}") == {p.posting_id: p.amount_fen for p in expected.posted}
+    assert ledger_store.check_invariants(conn) == ()
+
+
+def test_a_runner_killed_mid_batch_leaves_nothing_and_the_next_charges_everything_once(
+    database_url: str, conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1", "m2"])
+    _open(conn, catalog, "a1", "m1")
+    _open(conn, catalog, "a2", "m2")
+    readings = series("m1", DAY_START, 40, STEP, 1_000_000, 300) + series("m2", DAY_START, 40, STEP, 1_000_000, 250)
+    store_readings(conn, readings)
+    original = charging._append_usage_postings
+
+    def killed(cur: psycopg.Cursor[Any], *args: Any, **kwargs: Any) -> int:
+        written = original(cur, *args, **kwargs)
+        # the postings are written, the commit has not happened: the server loses the connection now
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (cur.connection.info.backend_pid,))
+        return written
+
+    monkeypatch.setattr(charging, "_append_usage_postings", killed)
+    with psycopg.connect(database_url, autocommit=True) as doomed, pytest.raises(psycopg.OperationalError):
+        _runner(doomed, batch=10).sweep()
+    assert count(conn, "SELECT count(*) FROM ledger_postings") == 0
+    assert count(conn, "SELECT count(*) FROM notification_outbox") == 0
+    assert count(conn, "SELECT count(*) FROM prepaid_accounts WHERE anchor_ts > %s", DAY_START) == 0
+
+    monkeypatch.setattr(charging, "_append_usage_postings", original)
+    stats = _runner(conn).sweep()
+    expected = len(_pure_outcome("m1", readings[:40]).posted) + len(_pure_outcome("m2", readings[40:]).posted)
+    assert stats.postings == expected
+    assert count(conn, "SELECT count(*) FROM ledger_postings WHERE kind = 'usage'") == expected
+    assert ledger_store.check_invariants(conn) == ()
+
+
+def test_a_failing_account_is_isolated_and_the_others_are_charged(conn: Conn, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1", "m2", "m3"])
+    for i in (1, 2, 3):
+        _open(conn, catalog, f"a{i}", f"m{i}")
+        store_readings(conn, series(f"m{i}", DAY_START, 8, STEP, 1_000_000, 500))
+
+    def broken(state: Any, *args: Any, **kwargs: Any) -> Any:
+        if state.meter.meter_id == "m2":
+            raise RuntimeError("tariff bug")
+        return charge_usage(state, *args, **kwargs)
+
+    monkeypatch.setattr(charging, "charge_usage", broken)
+    _runner(conn, batch=3).sweep()
+    charged = {r[0] for r in conn.execute("SELECT DISTINCT debit_account_id FROM ledger_postings").fetchall()}
+    assert charged == {prepaid_account_id("a1"), prepaid_account_id("a3")}
+    due = conn.execute("SELECT due_at FROM prepaid_accounts WHERE account_id = 'a2'").fetchone()
+    assert due is not None
+    assert due[0] == NOW + timedelta(minutes=5)
+
+
+def test_meter_replacement_keeps_consumption_continuous(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["old", "new"])
+    _open(conn, catalog, "a1", "old")
+    swap = DAY_START + timedelta(hours=2)
+    store_readings(conn, series("old", DAY_START + STEP, 8, STEP, 1_000_400, 400))  # up to 02:00, 4,200 Wh used
+    replace_meter(conn, "a1", at=swap, old_final_register_wh=1_003_200, new_meter_id="new", new_start_register_wh=0)
+    store_readings(conn, series("new", swap + STEP, 8, STEP, 400, 400))  # 3,200 Wh on the new meter
+    _runner(conn, catalog).sweep()
+    row = conn.execute("SELECT consumed_wh, usage_meter_id, meter_id FROM prepaid_accounts").fetchone()
+    assert row == (3_200 + 3_200, "new", "new")
+    with pytest.raises(AccountError, match="re-open charged intervals"):
+        replace_meter(conn, "a1", at=swap, old_final_register_wh=0, new_meter_id="old", new_start_register_wh=0)
+
+
+def test_opening_is_refused_for_a_meter_already_serving_or_unknown(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1"])
+    _open(conn, catalog, "a1", "m1")
+    with pytest.raises(AccountError, match="already serves account 'a1'"):
+        _open(conn, catalog, "a2", "m1")
+    with pytest.raises(AccountError, match="not registered"):
+        _open(conn, catalog, "a3", "nope")
+    register(conn, ["m9"])
+    with pytest.raises(AccountError, match="no reading"):
+        open_account(
+            conn,
+            catalog,
+            "a9",
+            meter_id="m9",
+            tariff_code=TARIFF.code,
+            policy_code=STRICT_POLICY.name,
+            opened_at=DAY_START,
+            zone=SHANGHAI,
+        )
+    assert count(conn, "SELECT count(*) FROM prepaid_accounts") == 1
+
+
+def test_past_tariff_versions_cannot_change(conn: Conn) -> None:
+    seed_catalog(conn)
+    changed = replace(TARIFF, name="renamed")
+    assert put_tariff(conn, changed, stored_by="test", now=NOW).revision == 2
+    altered = replace(TARIFF, versions=(replace(TARIFF.versions[0], source="another note"),))
+    with pytest.raises(CatalogError, match="can't change"):
+        put_tariff(conn, altered, stored_by="test", now=NOW)
+
+
+def test_settlement_charges_the_rest_of_the_day_and_reports_arrears(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1", "m2"])
+    _open(conn, catalog, "a1", "m1")
+    _open(conn, catalog, "a2", "m2")
+    store_readings(conn, series("m1", DAY_START + STEP, 100, STEP, 1_000_400, 400))  # into the next day
+    store_readings(conn, series("m2", DAY_START + STEP, 20, STEP, 1_000_000, 0))  # no use: stays at zero
+    day = date(2026, 11, 20)
+    with pytest.raises(SettlementError, match="settle after that"):
+        settle_day(
+            conn, catalog, day, SHANGHAI, now=DAY_START + timedelta(days=1), lateness_s=LATENESS_S, batch_accounts=10
+        )
+    settled = settle_day(conn, catalog, day, SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=1)
+    assert settled.accounts == 2
+    assert settled.run.accounts == 2
+    assert settled.incomplete_accounts == 1  # m2's readings stop at 05:00: the rest of its day is unknown
+    assert [a.account_id for a in settled.arrears] == ["a1"]
+    assert settled.arrears_fen == -ledger_store.balance_fen(conn, prepaid_account_id("a1"))
+    stored = conn.execute("SELECT arrears_accounts, arrears_fen, incomplete_accounts FROM settlements").fetchone()
+    assert stored == (1, settled.arrears_fen, 1)
+    again = settle_day(conn, catalog, day, SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=10)
+    assert again.run.postings == 0
+    assert count(conn, "SELECT count(*) FROM settlement_arrears") == 1
+    assert datetime.now(UTC) > NOW  # the fixed clock is in the past of the real one
+
+
+def test_a_payment_while_a_disconnect_is_pending_supersedes_it_with_a_reconnect(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1"])
+    _open(conn, catalog, "a1", "m1")
+    store_readings(conn, series("m1", DAY_START + STEP, 16, STEP, 1_000_500, 500))
+    _runner(conn, catalog).sweep()
+    disconnect = conn.execute("SELECT request_id, action FROM command_requests").fetchall()
+    assert [r[1] for r in disconnect] == ["disconnect"]
+
+    result = pay(conn, catalog, TopUp("wechat", "WX-1", "a1", 10_000, NOW), now=NOW, received_by="test")
+
+    assert isinstance(result.outcome, ToppedUp)
+    assert result.decided is not None
+    [reconnect] = result.decided.commands
+    assert reconnect.action is RelayAction.RECONNECT
+    assert reconnect.supersedes is not None
+    assert reconnect.supersedes.request_id == disconnect[0][0]
+    stored = conn.execute(
+        "SELECT action, supersedes, requested_by FROM command_requests WHERE request_id = %s", (reconnect.request_id,)
+    ).fetchone()
+    assert stored == ("reconnect", disconnect[0][0], "payment:wechat")
+    pending = conn.execute("SELECT pending_command->>'action', version > 1 FROM prepaid_accounts").fetchone()
+    assert pending == ("reconnect", True)
+    duplicate = pay(conn, catalog, TopUp("wechat", "WX-1", "a1", 10_000, NOW), now=NOW, received_by="test")
+    assert duplicate.decided is None
+    assert count(conn, "SELECT count(*) FROM command_requests") == 2
+
+
+def test_a_declared_holiday_year_replaces_the_unknown_calendar(conn: Conn) -> None:
+    """Past the calendar package's last year every day is unknown; a year entered by an operator makes it known."""
+    weekend_policy = replace(
+        STRICT_POLICY,
+        name="weekends",
+        friendly=FriendlyCreditWindows(None, None, weekends=True, public_holidays=True, eve_of_public_holidays=False),
+    )
+    catalog = seed_catalog(conn)
+    put_policy(conn, weekend_policy, stored_by="test")
+    register(conn, ["m1"])
+    monday = datetime(2031, 3, 3, tzinfo=SHANGHAI).astimezone(UTC)  # a year no package release knows yet
+    put_tariff(conn, replace(TARIFF, code="T2031"), stored_by="test", now=DAY_START)
+    open_account(
+        conn,
+        catalog,
+        "a1",
+        meter_id="m1",
+        tariff_code="T2031",
+        policy_code="weekends",
+        opened_at=monday,
+        opening_register_wh=0,
+        zone=SHANGHAI,
+    )
+    at = monday + timedelta(hours=13)
+    assert store_readings(conn, series("m1", monday + timedelta(hours=10), 8, STEP, 1_000, 1_000), now=at) == 8
+
+    def sweep() -> charging.BatchStats:
+        return EngineRunner(conn, 0, 50, clock=lambda: at, catalog=catalog).sweep()
+
+    assert sweep().decided == 1
+    # credit exhausted, but the day is unknown to the calendar: no disconnect, and no known time to try again
+    assert count(conn, "SELECT count(*) FROM command_requests") == 0
+    assert count(conn, "SELECT count(*) FROM prepaid_accounts WHERE in_episode AND wake_at IS NULL") == 1
+
+    year = DeclaredYear(2031, "test notice", {date(2031, 1, 1): "元旦"}, {})
+    at += timedelta(minutes=1)
+    assert put_calendar_year(conn, year, stored_by="test", now=at) is True
+    assert put_calendar_year(conn, year, stored_by="test", now=at) is False
+    assert sweep().decided == 1
+    assert [r[0] for r in conn.execute("SELECT action FROM command_requests").fetchall()] == ["disconnect"]
