@@ -428,6 +428,8 @@ class Tariff:
     versions: tuple[TariffVersion, ...]
     zone: ZoneInfo = SHANGHAI
     _starts_utc: tuple[datetime, ...] = field(init=False, repr=False, compare=False)
+    # memo of `_skeleton` by interval: every account charges the same 15-minute grid, so pricing repeats a lot
+    _skeletons: dict[tuple[datetime, datetime], _Skeleton] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not self.code.strip():
@@ -442,6 +444,7 @@ class Tariff:
                     f"({after.isoformat()} does not follow {before.isoformat()})"
                 )
         object.__setattr__(self, "_starts_utc", starts)
+        object.__setattr__(self, "_skeletons", {})
 
     @property
     def starts_utc(self) -> tuple[datetime, ...]:
@@ -559,6 +562,57 @@ def _day_boundaries_utc(schedule: DailySchedule, zone: ZoneInfo, day: date) -> t
     return tuple(datetime.combine(day, t, tzinfo=zone).astimezone(UTC) for t in schedule.boundaries())
 
 
+@dataclass(frozen=True, slots=True)
+class _Piece:
+    """A sub-interval of one version, period and base price; the tier cycle resets at its start if `reset`."""
+
+    start: datetime
+    reset: bool
+    version_index: int
+    period: str | None
+    base_price_yuan_per_kwh: Decimal
+    tiers: TierSchedule | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Skeleton:
+    """What pricing [start, end) needs that depends on neither the energy nor the cycle usage."""
+
+    pieces: tuple[_Piece, ...]
+    weights_us: tuple[int, ...]
+    reset_at_end: bool
+
+
+_SKELETON_MEMO_LIMIT = 100_000
+
+
+def _skeleton(tariff: Tariff, start_utc: datetime, end_utc: datetime) -> _Skeleton:
+    key = (start_utc, end_utc)
+    memo = tariff._skeletons
+    found = memo.get(key)
+    if found is not None:
+        return found
+    tariff.version_index_at(start_utc)
+    resets = _resets_between(tariff, start_utc, end_utc)
+    cuts = _tou_boundaries(tariff, start_utc, end_utc)
+    cuts.update(t for t in tariff.starts_utc if start_utc < t < end_utc)
+    cuts.update(t for t in resets if t < end_utc)
+    points = [start_utc, *sorted(cuts), end_utc]
+    pieces = []
+    for sub_start in points[:-1]:
+        version_index = tariff.version_index_at(sub_start)
+        version = tariff.versions[version_index]
+        period, base_price = version.base_price_at(sub_start.astimezone(tariff.zone))
+        pieces.append(_Piece(sub_start, sub_start in resets, version_index, period, base_price, version.tiers))
+    skeleton = _Skeleton(
+        tuple(pieces), tuple((b - a) // _ONE_US for a, b in itertools.pairwise(points)), end_utc in resets
+    )
+    if len(memo) >= _SKELETON_MEMO_LIMIT:
+        memo.clear()
+    memo[key] = skeleton
+    return skeleton
+
+
 def price_interval(
     tariff: Tariff, start: datetime, end: datetime, energy_wh: int, cycle_usage_wh: int
 ) -> PricedInterval:
@@ -572,29 +626,22 @@ def price_interval(
     assert cycle_usage_wh >= 0, cycle_usage_wh
     start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
     assert start_utc < end_utc, (start, end)
-    tariff.version_index_at(start_utc)
-
-    resets = _resets_between(tariff, start_utc, end_utc)
-    cuts = _tou_boundaries(tariff, start_utc, end_utc)
-    cuts.update(t for t in tariff.starts_utc if start_utc < t < end_utc)
-    cuts.update(t for t in resets if t < end_utc)
-    points = [start_utc, *sorted(cuts), end_utc]
-    parts_wh = apportion_wh(energy_wh, [(b - a) // _ONE_US for a, b in itertools.pairwise(points)])
+    skeleton = _skeleton(tariff, start_utc, end_utc)
+    pieces = skeleton.pieces
+    parts_wh = (energy_wh,) if len(pieces) == 1 else apportion_wh(energy_wh, skeleton.weights_us)
 
     segments: list[PricedSegment] = []
     usage_wh = cycle_usage_wh
-    for sub_start, part_wh in zip(points, parts_wh, strict=False):
-        if sub_start in resets:
+    for piece, part_wh in zip(pieces, parts_wh, strict=True):
+        if piece.reset:
             usage_wh = 0
-        version_index = tariff.version_index_at(sub_start)
-        version = tariff.versions[version_index]
-        period, base_price = version.base_price_at(sub_start.astimezone(tariff.zone))
-        tier_parts = [(0, part_wh)] if version.tiers is None else version.tiers.split(usage_wh, part_wh)
+        tiers = piece.tiers
+        tier_parts = [(0, part_wh)] if tiers is None else tiers.split(usage_wh, part_wh)
         for tier_index, tier_wh in tier_parts:
             if tier_wh == 0:
                 continue
-            increment = _ZERO if version.tiers is None else version.tiers.bands[tier_index].increment_yuan_per_kwh
-            unit_price = EXACT.add(base_price, increment)
+            increment = _ZERO if tiers is None else tiers.bands[tier_index].increment_yuan_per_kwh
+            unit_price = EXACT.add(piece.base_price_yuan_per_kwh, increment)
             last = segments[-1] if segments else None
             if last is not None and (
                 last.version_index,
@@ -602,8 +649,8 @@ def price_interval(
                 last.tier_index,
                 last.unit_price_yuan_per_kwh,
             ) == (
-                version_index,
-                period,
+                piece.version_index,
+                piece.period,
                 tier_index,
                 unit_price,
             ):
@@ -611,11 +658,16 @@ def price_interval(
                 segments.pop()
             segments.append(
                 PricedSegment(
-                    version_index, period, tier_index, tier_wh, unit_price, energy_amount_yuan(tier_wh, unit_price)
+                    piece.version_index,
+                    piece.period,
+                    tier_index,
+                    tier_wh,
+                    unit_price,
+                    energy_amount_yuan(tier_wh, unit_price),
                 )
             )
         usage_wh += part_wh
-    if end_utc in resets:
+    if skeleton.reset_at_end:
         usage_wh = 0
 
     amount_yuan = _ZERO

@@ -254,6 +254,7 @@ class _Run:
         self.cycle_usage_wh = state.cycle_usage_wh
         self.accumulator = state.accumulator
         self.pending_readings = list(state.pending_readings)
+        self.pending_by_key = {(r.meter_id, r.ts): r for r in self.pending_readings}
         self.pending_replacements = list(state.pending_replacements)
         self.replacements = state.replacements
         self.charges: list[IntervalCharge] = []
@@ -329,19 +330,21 @@ class _Run:
                 f"register {reading.register_wh} Wh above the meter's maximum {meter.register_max_wh} Wh",
             )
             return
-        for held in self.pending_readings:
-            if held.meter_id == reading.meter_id and held.ts == ts:
-                if held.register_wh == reading.register_wh:
-                    self.duplicates += 1
-                else:
-                    self.report(
-                        AnomalyKind.CONFLICTING_DUPLICATE,
-                        reading.meter_id,
-                        ts,
-                        f"register {reading.register_wh} Wh, but {held.register_wh} Wh was received first and is kept",
-                    )
-                return
-        insort(self.pending_readings, replace(reading, ts=ts), key=lambda r: (r.ts, r.meter_id))
+        held = self.pending_by_key.get((reading.meter_id, ts))
+        if held is not None:
+            if held.register_wh == reading.register_wh:
+                self.duplicates += 1
+            else:
+                self.report(
+                    AnomalyKind.CONFLICTING_DUPLICATE,
+                    reading.meter_id,
+                    ts,
+                    f"register {reading.register_wh} Wh, but {held.register_wh} Wh was received first and is kept",
+                )
+            return
+        utc_reading = reading if reading.ts is ts else RegisterReading(reading.meter_id, ts, reading.register_wh)
+        self.pending_by_key[(reading.meter_id, ts)] = utc_reading
+        insort(self.pending_readings, utc_reading, key=lambda r: (r.ts, r.meter_id))
 
     def next_event(self) -> RegisterReading | MeterReplacement | None:
         """The earliest pending event; at equal times the current meter's reading, then a replacement of it."""
@@ -364,6 +367,7 @@ class _Run:
                 if event.ts > complete_until:
                     return
                 self.pending_readings.remove(event)
+                del self.pending_by_key[(event.meter_id, event.ts)]
                 self.consume_reading(event)
             else:
                 if event.at > complete_until:
