@@ -36,7 +36,8 @@ Decisions:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -125,6 +126,7 @@ __all__ = [
     "notification_request_id",
     "open_account",
     "usage_postings",
+    "usage_summary_posting",
 ]
 
 CHINA_MAINLAND: Final = ChinaMainlandCalendar()
@@ -603,6 +605,27 @@ def usage_postings(account_id: str, charges: Iterable[IntervalCharge]) -> tuple[
         usage_posting(account_id, c.charge_id, c.amount_fen, c.interval_end, f"{c.meter_id} {c.energy_wh} Wh")
         for c in charges
         if c.amount_fen > 0
+    )
+
+
+def usage_summary_posting(account_id: str, charges: Sequence[IntervalCharge]) -> Posting | None:
+    """One posting for consecutive usage charges of an account (None if they come to 0 fen).
+
+    A store that keeps the charges themselves (one row per interval, keyed by charge id) posts their sum: the id
+    names the account and the span, which consecutive batches never share, and the time is the span's end.
+    """
+    if not charges:
+        return None
+    for before, after in itertools.pairwise(charges):
+        assert after.interval_start == before.interval_end, "a summary covers consecutive intervals"
+    amount_fen = sum(c.amount_fen for c in charges)
+    if amount_fen == 0:
+        return None
+    first, last = charges[0], charges[-1]
+    posting_id = f"usage:{account_id}:{first.interval_start:%Y%m%dT%H%MZ}-{last.interval_end:%Y%m%dT%H%MZ}"
+    energy_wh = sum(c.energy_wh for c in charges)
+    return usage_posting(
+        account_id, posting_id, amount_fen, last.interval_end, f"{len(charges)} intervals, {energy_wh} Wh"
     )
 
 

@@ -2,11 +2,12 @@
 
 One call of `charge_accounts` locks the accounts' rows (SKIP LOCKED: a second runner takes others), feeds each
 account the readings and meter replacements after its last consumed reading up to `complete_until` (the
-lateness promise, see `prepay_engine.usage`), and writes everything the pure core returns — usage postings,
-ledger balances, notifications, relay commands, anomalies and the new account state — before it commits.
+lateness promise, see `prepay_engine.usage`), and writes everything the pure core returns — the interval
+charges (`usage_charges`, one row per meter and 15-minute interval), one ledger posting per account for their
+sum, ledger balances, notifications, relay commands, anomalies and the new account state — before it commits.
 Nothing is written for an account unless all of it is, so a runner killed mid-batch leaves the accounts as
-they were and the next runner charges them; the charge ids are deterministic, so a replay could never post a
-charge twice either (the posting id is the ledger's primary key).
+they were and the next runner charges them; the charge ids are deterministic and `usage_charges`' primary
+key, so a replay could never charge an interval twice either.
 
 Locks are taken in one order everywhere: account rows, then the customers' ledger rows (C collation), then the
 shared revenue account last and only for the append, so two runners overlap their charging and queue only on
@@ -39,7 +40,7 @@ from headend.engine.account_rows import (
 from headend.engine.catalog import Catalog
 from headend.engine.outbox import write_requests
 from headend.ledger_store import POSTING_ROW_COLUMNS, posting_row
-from prepay_engine.account import CommandRequest, NotificationRequest, PrepaidAccount, usage_postings
+from prepay_engine.account import CommandRequest, NotificationRequest, PrepaidAccount, usage_summary_posting
 from prepay_engine.ledger import (
     DEFAULT_MAX_POSTING_FEN,
     MAX_BIGINT,
@@ -215,8 +216,9 @@ def _charge_locked(
             usage = charge_usage(account.usage, account_events, account.tariff, complete_until=cu)
             work.usage = usage
             work.account = replace(account, usage=usage.state)
-            work.postings = usage_postings(account_id, usage.charges)
-            work.decide = work.decide or bool(work.postings)
+            summary = usage_summary_posting(account_id, usage.charges)
+            work.postings = () if summary is None else (summary,)
+            work.decide = work.decide or summary is not None
             stats_charges += len(usage.charges)
             anomalies.extend((account_id, a.meter_id, a.ts, str(a.kind), a.detail) for a in usage.anomalies)
         works.append(work)
@@ -252,6 +254,7 @@ def _charge_locked(
             anomalies,
         )
     _save_accounts(cur, works, wake, next_ts, cu, lateness_s)
+    _copy_usage_charges(cur, works)
     _update_customer_balances(cur, balances, list(customer_rows))
     charged_fen = _append_usage_postings(cur, postings, customer_rows)
     return BatchStats(
@@ -433,6 +436,36 @@ def _append_usage_postings(cur: Cursor, postings: list[Posting], customer_rows: 
         (credits, credits, REVENUE_ACCOUNT_ID),
     )
     return total
+
+
+_CHARGE_TYPES: Final = ["text", "text", "varchar", "timestamptz", "int8", "numeric", "int8", "text"]
+
+
+def _copy_usage_charges(cur: Cursor, works: list[_Work]) -> None:
+    """Record every interval charge; its primary key refuses an interval charged a second time."""
+    with cur.copy(
+        "COPY usage_charges (charge_id, account_id, meter_id, interval_start, energy_wh, amount_yuan, amount_fen, "
+        "posting_id) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(_CHARGE_TYPES)
+        for work in works:
+            if work.usage is None:
+                continue
+            posting_id = work.postings[0].posting_id if work.postings else None
+            account_id = work.account.account_id
+            for c in work.usage.charges:
+                copy.write_row(
+                    (
+                        c.charge_id,
+                        account_id,
+                        c.meter_id,
+                        c.interval_start,
+                        c.energy_wh,
+                        c.amount_yuan,
+                        c.amount_fen,
+                        posting_id,
+                    )
+                )
 
 
 def _save_accounts(

@@ -81,12 +81,15 @@ def _pure_outcome(
     return step
 
 
-def _postings(conn: Conn, account_id: str) -> dict[str, int]:
+def _charges(conn: Conn, account_id: str) -> dict[str, int]:
     rows = conn.execute(
-        "SELECT posting_id, amount_fen FROM ledger_postings WHERE debit_account_id = %s AND kind = 'usage'",
-        (prepaid_account_id(account_id),),
+        "SELECT charge_id, amount_fen FROM usage_charges WHERE account_id = %s AND amount_fen > 0", (account_id,)
     ).fetchall()
     return {str(r[0]): int(r[1]) for r in rows}
+
+
+def _expected_charges(step: pure_account.ReadingsApplied) -> dict[str, int]:
+    return {c.charge_id: c.amount_fen for c in step.usage.charges if c.amount_fen}
 
 
 def _as(request_id: str, account_id: str) -> str:
@@ -105,14 +108,23 @@ def test_runner_charges_like_the_pure_core_and_writes_its_requests(conn: Conn) -
 
     expected = _pure_outcome("m1", readings)
     assert stats.accounts == 1
-    assert stats.postings == len(expected.posted)
-    posted = conn.execute(
-        "SELECT posting_id, amount_fen, at FROM ledger_postings WHERE kind = 'usage' ORDER BY seq"
+    assert stats.charges == len(expected.usage.charges) == 95  # 96 readings from 00:05 close 95 intervals
+    charges = conn.execute(
+        "SELECT charge_id, interval_start, energy_wh, amount_yuan, amount_fen FROM usage_charges ORDER BY 2"
     ).fetchall()
     # charge ids name the meter and the interval, not the account
-    assert [(r[0], r[1], r[2]) for r in posted] == [(p.posting_id, p.amount_fen, p.at) for p in expected.posted]
+    assert [tuple(r) for r in charges] == [
+        (c.charge_id, c.interval_start, c.energy_wh, c.amount_yuan, c.amount_fen) for c in expected.usage.charges
+    ]
+    # the ledger gets their sum: one posting for the batch
+    posted = conn.execute("SELECT posting_id, amount_fen, at FROM ledger_postings WHERE kind = 'usage'").fetchall()
+    summary = pure_account.usage_summary_posting("a1", expected.usage.charges)
+    assert summary is not None
+    assert [tuple(r) for r in posted] == [(summary.posting_id, summary.amount_fen, summary.at)]
+    assert summary.amount_fen == sum(p.amount_fen for p in expected.posted)
+    assert count(conn, "SELECT count(DISTINCT posting_id) FROM usage_charges") == 1
     balance = ledger_store.balance_fen(conn, prepaid_account_id("a1"))
-    assert balance == -sum(p.amount_fen for p in expected.posted)
+    assert balance == -summary.amount_fen
     assert balance < 0
     # the policy saw the exhausted balance: the same notices and the disconnect, with the account's ids
     notices = conn.execute("SELECT request_id, kind FROM notification_outbox ORDER BY request_id").fetchall()
@@ -128,7 +140,7 @@ def test_runner_charges_like_the_pure_core_and_writes_its_requests(conn: Conn) -
     assert ledger_store.check_invariants(conn) == ()
 
     # nothing more to do until new readings arrive; a second sweep changes nothing
-    assert _runner(conn, catalog).sweep().postings == 0
+    assert _runner(conn, catalog).sweep().charges == 0
     assert ledger_store.balance_fen(conn, prepaid_account_id("a1")) == balance
 
 
@@ -175,11 +187,15 @@ def test_two_runners_at_once_charge_each_interval_once(database_url: str, conn: 
     # whatever a runner skipped because the other held it is due again: a last sweep takes the rest
     results.append(_runner(conn, batch=7).sweep())
 
-    total_postings = sum(r.postings for r in results)
-    assert total_postings == count(conn, "SELECT count(*) FROM ledger_postings WHERE kind = 'usage'")
+    # 48 readings from 00:01 close 47 intervals each
+    assert sum(r.charges for r in results) == count(conn, "SELECT count(*) FROM usage_charges") == accounts * 47
+    assert sum(r.postings for r in results) == count(conn, "SELECT count(*) FROM ledger_postings WHERE kind = 'usage'")
     for i, meter in enumerate(meters):
         expected = _pure_outcome(meter, [r for r in readings if r[0] == meter])
-        assert _postings(conn, f"a{i:03d}") == {p.posting_id: p.amount_fen for p in expected.posted}
+        assert _charges(conn, f"a{i:03d}") == _expected_charges(expected)
+        assert ledger_store.balance_fen(conn, prepaid_account_id(f"a{i:03d}")) == -sum(
+            _expected_charges(expected).values()
+        )
     assert ledger_store.check_invariants(conn) == ()
 
 
@@ -205,14 +221,19 @@ def test_a_runner_killed_mid_batch_leaves_nothing_and_the_next_charges_everythin
     with psycopg.connect(database_url, autocommit=True) as doomed, pytest.raises(psycopg.OperationalError):
         _runner(doomed, batch=10).sweep()
     assert count(conn, "SELECT count(*) FROM ledger_postings") == 0
+    assert count(conn, "SELECT count(*) FROM usage_charges") == 0
     assert count(conn, "SELECT count(*) FROM notification_outbox") == 0
     assert count(conn, "SELECT count(*) FROM prepaid_accounts WHERE anchor_ts > %s", DAY_START) == 0
 
     monkeypatch.setattr(charging, "_append_usage_postings", original)
     stats = _runner(conn).sweep()
-    expected = len(_pure_outcome("m1", readings[:40]).posted) + len(_pure_outcome("m2", readings[40:]).posted)
-    assert stats.postings == expected
-    assert count(conn, "SELECT count(*) FROM ledger_postings WHERE kind = 'usage'") == expected
+    expected = {
+        **_expected_charges(_pure_outcome("m1", readings[:40])),
+        **_expected_charges(_pure_outcome("m2", readings[40:])),
+    }
+    assert stats.charges == 2 * 39
+    assert {**_charges(conn, "a1"), **_charges(conn, "a2")} == expected
+    assert count(conn, "SELECT count(*) FROM ledger_postings WHERE kind = 'usage'") == stats.postings == 2
     assert ledger_store.check_invariants(conn) == ()
 
 

@@ -195,6 +195,23 @@ def upgrade() -> None:
     )
     op.create_index("ix_payments_account_paid_at", "payments", ["account_id", "paid_at"])
 
+    # one row per (meter, 15-minute interval) charged: the primary key is what makes "charged once" hold; the
+    # ledger gets one summary posting per account per runner batch (posting_id). No foreign keys: this is the
+    # widest table of the engine and every row would pay two trigger calls; the runner writes it only together
+    # with the account row it locks and the posting it references.
+    op.create_table(
+        "usage_charges",
+        sa.Column("charge_id", sa.Text, primary_key=True),
+        sa.Column("account_id", sa.Text, nullable=False),
+        sa.Column("meter_id", sa.String(32), nullable=False),
+        sa.Column("interval_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("energy_wh", sa.BigInteger, nullable=False),
+        sa.Column("amount_yuan", sa.Numeric, nullable=False),  # exact, before rounding
+        sa.Column("amount_fen", sa.BigInteger, nullable=False),  # with the account's rounding residue carried
+        sa.Column("posting_id", sa.Text),  # NULL when the batch's charges came to 0 fen
+        sa.CheckConstraint("energy_wh >= 0 AND amount_fen >= 0 AND amount_yuan >= 0", name="usage_charges_amounts"),
+    )
+
     op.create_table(
         "usage_anomalies",
         sa.Column("account_id", sa.Text, sa.ForeignKey("prepaid_accounts.account_id"), nullable=False),
@@ -281,6 +298,7 @@ def downgrade() -> None:
         "command_requests",
         "notification_outbox",
         "usage_anomalies",
+        "usage_charges",
         "payments",
         "account_meters",
         "prepaid_accounts",

@@ -545,3 +545,28 @@ def test_opening_needs_a_valid_id_and_the_house_accounts() -> None:
     assert bare.reason is AccountReason.LEDGER_NOT_READY
     ledger = new_ledger()
     assert open_account(ledger, "A-1", **kwargs) == open_account(ledger, "A-1", **kwargs)
+
+
+def test_a_usage_summary_posts_the_sum_of_consecutive_charges_under_the_span() -> None:
+    from prepay_engine.account import usage_summary_posting
+    from prepay_engine.tariffs import example_jiangsu_residential
+    from prepay_engine.usage import MeterRegister as Register
+    from prepay_engine.usage import RegisterReading as Reading
+    from prepay_engine.usage import charge_usage as charge
+    from prepay_engine.usage import open_usage as start_usage
+
+    begin = dt.datetime(2026, 3, 9, 16, 0, tzinfo=dt.UTC)
+    state = start_usage(Register("m-9"), begin, 0)
+    readings = [Reading("m-9", begin + dt.timedelta(minutes=15 * k), 300 * k) for k in range(1, 5)]
+    charges = charge(
+        state, readings, example_jiangsu_residential(), complete_until=begin + dt.timedelta(hours=2)
+    ).charges
+    summary = usage_summary_posting("acc-9", charges)
+    assert summary is not None
+    assert summary.posting_id == "usage:acc-9:20260309T1600Z-20260309T1700Z"
+    assert summary.amount_fen == sum(c.amount_fen for c in charges)
+    assert summary.at == begin + dt.timedelta(hours=1)
+    assert summary.reference == "4 intervals, 1200 Wh"
+    assert usage_summary_posting("acc-9", ()) is None
+    with pytest.raises(AssertionError, match="consecutive"):
+        usage_summary_posting("acc-9", (charges[0], charges[2]))
