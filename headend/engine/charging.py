@@ -197,10 +197,16 @@ def _charge_locked(
     events, next_ts = _usage_events(cur, rows, history, cu)
 
     works: list[_Work] = []
+    idle: list[dict[str, Any]] = []
     anomalies: list[tuple[str, str, datetime, str, str]] = []
     stats_charges = 0
     for row in rows:
         account_id = row["account_id"]
+        wake_at = row["wake_at"]
+        account_events = events.get(account_id)
+        if not account_events and (wake_at is None or wake_at > now):
+            idle.append(row)
+            continue
         account = account_from_row(
             row,
             catalog.tariffs[row["tariff_code"]],
@@ -209,9 +215,7 @@ def _charge_locked(
             catalog.calendar,
         )
         work = _Work(row, account)
-        wake_at = row["wake_at"]
         work.decide = wake_at is not None and wake_at <= now
-        account_events = events.get(account_id)
         if account_events:
             usage = charge_usage(account.usage, account_events, account.tariff, complete_until=cu)
             work.usage = usage
@@ -254,6 +258,7 @@ def _charge_locked(
             anomalies,
         )
     _save_accounts(cur, works, wake, next_ts, cu, lateness_s)
+    _reschedule_idle(cur, idle, next_ts, cu, lateness_s)
     _copy_usage_charges(cur, works)
     _update_customer_balances(cur, balances, list(customer_rows))
     charged_fen = _append_usage_postings(cur, postings, customer_rows)
@@ -468,6 +473,33 @@ def _copy_usage_charges(cur: Cursor, works: list[_Work]) -> None:
                 )
 
 
+def _due_at(next_ts: Mapping[str, datetime], account_id: str, lateness_s: float) -> datetime | None:
+    """When the account's next reading (after what it has seen) becomes chargeable; None if there is none yet."""
+    following = next_ts.get(account_id)
+    return None if following is None else following + timedelta(seconds=lateness_s)
+
+
+def _reschedule_idle(
+    cur: Cursor, rows: list[dict[str, Any]], next_ts: Mapping[str, datetime], cu: datetime, lateness_s: float
+) -> None:
+    """Accounts with nothing to charge or decide: only their scheduling moves on (their state is untouched)."""
+    if not rows:
+        return
+    cur.execute(
+        """
+        UPDATE prepaid_accounts AS a SET seen_until = v.seen_until, due_at = v.due_at
+        FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS v(account_id, seen_until, due_at)
+        WHERE a.account_id = v.account_id
+        """,
+        (
+            [r["account_id"] for r in rows],
+            [max(r["seen_until"], cu) for r in rows],
+            [_due_at(next_ts, r["account_id"], lateness_s) for r in rows],
+        ),
+    )
+    assert cur.rowcount == len(rows), (cur.rowcount, len(rows))
+
+
 def _save_accounts(
     cur: Cursor,
     works: list[_Work],
@@ -476,7 +508,8 @@ def _save_accounts(
     cu: datetime,
     lateness_s: float,
 ) -> None:
-    lateness = timedelta(seconds=lateness_s)
+    if not works:
+        return
     cur.execute(_STAGE_SQL)
     with cur.copy(
         f"COPY engine_account_stage (account_id, {', '.join(STATE_COLUMNS)}, seen_until, due_at, wake_at) "
@@ -488,8 +521,7 @@ def _save_accounts(
             values = list(state_values(work.account))
             values[3] = None if values[3] is None else Jsonb(values[3])
             values[6] = Jsonb(values[6])
-            following = next_ts.get(account_id)
-            due_at = None if following is None else following + lateness
+            due_at = _due_at(next_ts, account_id, lateness_s)
             wake_at = wake[account_id] if account_id in wake else work.row["wake_at"]
             seen_until = max(work.row["seen_until"], cu)
             copy.write_row((account_id, *values, seen_until, due_at, wake_at))
