@@ -59,12 +59,11 @@ Cursor = psycopg.Cursor[Any]
 ENGINE_ACTOR: Final = "engine"
 _ACCOUNT_SELECT: Final = ", ".join(f"a.{c}" for c in ACCOUNT_COLUMNS)
 # an account may have something to do: a reading it has not seen, a reading that became chargeable, a wake-up
-_DUE_SQL: Final = """
+_DUE_IDS_SQL: Final = """
     SELECT account_id FROM prepaid_accounts WHERE due_at <= %(now)s
     UNION SELECT account_id FROM prepaid_accounts WHERE wake_at <= %(now)s
     UNION SELECT a.account_id FROM prepaid_accounts a JOIN meter_register_state s USING (meter_id)
         WHERE a.due_at IS NULL AND s.last_ts > a.seen_until AND a.seen_until < %(cu)s
-    ORDER BY 1 LIMIT %(limit)s
 """
 _STAGE_SQL: Final = f"""
     CREATE TEMP TABLE IF NOT EXISTS engine_account_stage ON COMMIT DELETE ROWS AS
@@ -138,10 +137,56 @@ class BatchStats:
         )
 
 
+class BatchFailedError(RuntimeError):
+    """Charging a batch raised; nothing of it was committed. `account_ids` were in it."""
+
+    def __init__(self, account_ids: list[str]) -> None:
+        super().__init__(f"charging {len(account_ids)} accounts failed")
+        self.account_ids = account_ids
+
+
 def due_accounts(conn: Connection, *, now: datetime, complete_until: datetime, limit: int) -> list[str]:
     """Ids of accounts that may have something to charge or decide, in id order (not locked)."""
-    rows = conn.execute(_DUE_SQL, {"now": now, "cu": complete_until, "limit": limit}).fetchall()
+    rows = conn.execute(
+        f"{_DUE_IDS_SQL} ORDER BY 1 LIMIT %(limit)s", {"now": now, "cu": complete_until, "limit": limit}
+    ).fetchall()
     return [str(r[0]) for r in rows]
+
+
+def charge_due(
+    conn: Connection,
+    catalog: Catalog,
+    *,
+    now: datetime,
+    complete_until: datetime,
+    lateness_s: float,
+    limit: int,
+) -> tuple[BatchStats, list[str]]:
+    """Lock up to `limit` due accounts that no one else holds and charge them in one transaction.
+
+    Returns what was done and the ids taken (none: nothing is due that is not held elsewhere). Raises
+    `BatchFailedError` with the ids when the batch fails for any reason but a lost connection.
+    """
+    assert complete_until <= now
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        catalog.refresh(conn)
+        # SKIP LOCKED with LIMIT: a second runner passes over the first one's batch and takes the next
+        cur.execute(
+            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id IN ({_DUE_IDS_SQL}) "
+            "ORDER BY a.account_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
+            {"now": now, "cu": complete_until, "limit": limit},
+        )
+        rows = cur.fetchall()
+        ids = [str(r["account_id"]) for r in rows]
+        if not rows:
+            return BatchStats(), ids
+        try:
+            stats = _charge_locked(cur, catalog, rows, now=now, complete_until=complete_until, lateness_s=lateness_s)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except Exception as exc:
+            raise BatchFailedError(ids) from exc
+    return stats, ids
 
 
 def charge_accounts(
@@ -533,4 +578,4 @@ def _save_accounts(
     assert cur.rowcount == len(works), (cur.rowcount, len(works))
 
 
-__all__ = ["BatchStats", "charge_accounts", "due_accounts"]
+__all__ = ["BatchFailedError", "BatchStats", "charge_accounts", "charge_due", "due_accounts"]

@@ -1,10 +1,10 @@
 """`headend engine`: charge newly chargeable readings and re-decide woken accounts, batch after batch.
 
-Each sweep asks for the accounts with something to do (a reading not yet seen, a reading that became
-chargeable, a deferred disconnect whose time came) and charges them `batch_accounts` at a time, each batch one
-transaction. `complete_until` is now minus the allowed lateness, the runner's promise to the charger that
-every reading before it has arrived. A batch that fails is split in halves until the failing account is
-isolated; that account is logged and put back for later, the others are charged.
+Each sweep locks the accounts with something to do (a reading not yet seen, a reading that became chargeable, a
+deferred disconnect whose time came) `batch_accounts` at a time, skipping those another runner holds, and
+charges each batch in one transaction. `complete_until` is now minus the allowed lateness, the runner's
+promise to the charger that every reading before it has arrived. A batch that fails is split in halves until
+the failing account is isolated; that account is logged and put back for later, the others are charged.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from headend.engine.catalog import Catalog
-from headend.engine.charging import BatchStats, charge_accounts, due_accounts
+from headend.engine.charging import BatchFailedError, BatchStats, charge_accounts, charge_due
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +43,31 @@ class EngineRunner:
     clock: Callable[[], datetime] = utc_now
     catalog: Catalog = field(default_factory=Catalog)
 
-    def sweep(self) -> BatchStats:
-        """Charge every account due now; returns what was done."""
+    def sweep(self, stop: threading.Event | None = None) -> BatchStats:
+        """Charge every account due now that no other runner holds (until `stop`, between batches)."""
         total = BatchStats()
-        skipped: set[str] = set()
-        while True:
+        while stop is None or not stop.is_set():
             now = self.clock()
             cu = now - timedelta(seconds=self.lateness_s)
-            ids = [
-                a
-                for a in due_accounts(self.conn, now=now, complete_until=cu, limit=self.batch_accounts)
-                if a not in skipped
-            ]
-            if not ids:
-                return total
-            stats = self._charge(ids, now, cu)
+            try:
+                stats, taken = charge_due(
+                    self.conn,
+                    self.catalog,
+                    now=now,
+                    complete_until=cu,
+                    lateness_s=self.lateness_s,
+                    limit=self.batch_accounts,
+                )
+            except BatchFailedError as failed:
+                log.warning("a batch of %d accounts failed; isolating the cause", len(failed.account_ids))
+                stats, taken = self._isolate(failed.account_ids, now, cu), failed.account_ids
+            if not taken:
+                break
             total += stats
-            if stats.accounts < len(ids):
-                # locked by another runner (or isolated as failing): leave them to it this sweep
-                skipped.update(ids)
+        return total
 
-    def _charge(self, ids: Sequence[str], now: datetime, cu: datetime) -> BatchStats:
+    def _isolate(self, ids: Sequence[str], now: datetime, cu: datetime) -> BatchStats:
+        """Charge `ids` in halves until each failing account is alone; log it and retry it later."""
         try:
             return charge_accounts(self.conn, self.catalog, ids, now=now, complete_until=cu, lateness_s=self.lateness_s)
         except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -76,14 +80,14 @@ class EngineRunner:
                 )
                 return BatchStats()
             middle = len(ids) // 2
-            return self._charge(ids[:middle], now, cu) + self._charge(ids[middle:], now, cu)
+            return self._isolate(ids[:middle], now, cu) + self._isolate(ids[middle:], now, cu)
 
     def run(self, stop: threading.Event, poll_s: float) -> BatchStats:
         """Sweep until `stop` is set, pausing `poll_s` after a sweep that found nothing."""
         total = BatchStats()
         while not stop.is_set():
             started = time.monotonic()
-            stats = self.sweep()
+            stats = self.sweep(stop)
             total += stats
             if stats.accounts:
                 log.info(
