@@ -153,6 +153,15 @@ def due_accounts(conn: Connection, *, now: datetime, complete_until: datetime, l
     return [str(r[0]) for r in rows]
 
 
+# one condition per row, so that a scan in id order from a cursor finds the next due accounts without
+# evaluating the whole table (a UNION of the three cases costs a pass over every account per batch)
+_DUE_ROW_SQL: Final = """
+    (a.due_at <= %(now)s OR a.wake_at <= %(now)s
+     OR (a.due_at IS NULL AND a.seen_until < %(cu)s
+         AND EXISTS (SELECT 1 FROM meter_register_state s WHERE s.meter_id = a.meter_id AND s.last_ts > a.seen_until)))
+"""
+
+
 def charge_due(
     conn: Connection,
     catalog: Catalog,
@@ -161,20 +170,21 @@ def charge_due(
     complete_until: datetime,
     lateness_s: float,
     limit: int,
+    after: str = "",
 ) -> tuple[BatchStats, list[str]]:
-    """Lock up to `limit` due accounts that no one else holds and charge them in one transaction.
+    """Lock up to `limit` due accounts with ids after `after` that no one else holds; charge them in one transaction.
 
-    Returns what was done and the ids taken (none: nothing is due that is not held elsewhere). Raises
-    `BatchFailedError` with the ids when the batch fails for any reason but a lost connection.
+    Returns what was done and the ids taken, in order (none: nothing after `after` is due that is not held
+    elsewhere). Raises `BatchFailedError` with the ids when the batch fails for any reason but a lost connection.
     """
     assert complete_until <= now
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         catalog.refresh(conn)
         # SKIP LOCKED with LIMIT: a second runner passes over the first one's batch and takes the next
         cur.execute(
-            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id IN ({_DUE_IDS_SQL}) "
+            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id > %(after)s AND {_DUE_ROW_SQL} "
             "ORDER BY a.account_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-            {"now": now, "cu": complete_until, "limit": limit},
+            {"now": now, "cu": complete_until, "limit": limit, "after": after},
         )
         rows = cur.fetchall()
         ids = [str(r["account_id"]) for r in rows]

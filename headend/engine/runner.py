@@ -46,6 +46,7 @@ class EngineRunner:
     def sweep(self, stop: threading.Event | None = None) -> BatchStats:
         """Charge every account due now that no other runner holds (until `stop`, between batches)."""
         total = BatchStats()
+        after = ""  # one pass over the id space a sweep; what becomes due behind the cursor waits for the next
         while stop is None or not stop.is_set():
             now = self.clock()
             cu = now - timedelta(seconds=self.lateness_s)
@@ -57,6 +58,7 @@ class EngineRunner:
                     complete_until=cu,
                     lateness_s=self.lateness_s,
                     limit=self.batch_accounts,
+                    after=after,
                 )
             except BatchFailedError as failed:
                 log.warning("a batch of %d accounts failed; isolating the cause", len(failed.account_ids))
@@ -64,6 +66,7 @@ class EngineRunner:
             if not taken:
                 break
             total += stats
+            after = taken[-1]
         return total
 
     def _isolate(self, ids: Sequence[str], now: datetime, cu: datetime) -> BatchStats:
