@@ -15,11 +15,11 @@ one run:
 
 Each fleet is generated set-based in SQL into a template database (the rows `open_account` and a top-up would
 write, checked against accounts opened through `open_account` in a scratch database first); each measurement
-runs on a fresh copy of the template (`CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY`), the sweeps and
-settlements in a spawned process of their own. Every run is checked against what the workload must produce
-(charges, fen, postings, incomplete accounts, arrears); a mismatch aborts the benchmark, and so does a change
-of the engine code during the run. Databases are `bench_<random>` on the PostgreSQL at 127.0.0.1:5432, dropped
-on exit.
+runs on a fresh copy of the template (`CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY`), the sweeps, the
+settlements and `charge_usage` alone each in a spawned process of its own. Every run is checked against what
+the workload must produce (charges, fen, postings, incomplete accounts, arrears); a mismatch aborts the
+benchmark, and so does a change of the engine code during the run. Databases are `bench_<random>` on the
+PostgreSQL at 127.0.0.1:5432, dropped on exit.
 """
 
 from __future__ import annotations
