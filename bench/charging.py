@@ -32,7 +32,6 @@ import hashlib
 import multiprocessing
 import os
 import pstats
-import signal
 import subprocess
 import sys
 import threading
@@ -58,6 +57,7 @@ from bench._common import (
     format_table,
     median,
     ratio,
+    run_bench,
     scalar,
     throwaway_database,
     unique_token,
@@ -666,10 +666,7 @@ def _pure_alone(template_url: str, digest: str) -> tuple[int, int, float]:
 
 
 _RAW_POSTINGS_DDL: Final = "CREATE TABLE raw_postings (LIKE ledger_postings INCLUDING DEFAULTS)"
-_RAW_COLUMNS: Final = (
-    "posting_id, debit_account_id, credit_account_id, amount_fen, kind, at, reference, reverses, overdraw, "
-    "debit_balance_after_fen, credit_balance_after_fen, batch_id, seq"
-)
+_RAW_COLUMNS: Final = ledger_store.POSTING_ROW_COLUMNS
 _RAW_TYPES: Final = [
     "text", "text", "text", "int8", "text", "timestamptz", "text", "text", "bool", "int8", "int8", "int8", "int8"
 ]  # fmt: skip
@@ -716,21 +713,7 @@ def raw_charging_limit(
                             revenue += p.amount_fen
                             amounts[p.debit_account_id] = amounts.get(p.debit_account_id, 0) + p.amount_fen
                             copy.write_row(
-                                (
-                                    p.posting_id,
-                                    p.debit_account_id,
-                                    p.credit_account_id,
-                                    p.amount_fen,
-                                    str(p.kind),
-                                    p.at,
-                                    p.reference,
-                                    p.reverses,
-                                    p.overdraw,
-                                    running[p.debit_account_id],
-                                    revenue,
-                                    first_seq,
-                                    seq,
-                                )
+                                ledger_store.posting_row(p, running[p.debit_account_id], revenue, first_seq, seq)
                             )
                 if amounts:
                     cur.execute(_RAW_BALANCES, (list(amounts), list(amounts.values())))
@@ -1319,10 +1302,6 @@ def part_settlement(args: argparse.Namespace, r: Results) -> None:
     )
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def run(args: argparse.Namespace) -> None:
     """Everything; the databases go whatever happens."""
     started = time.monotonic()
@@ -1351,13 +1330,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        run(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_bench(lambda: run(args))
 
 
 if __name__ == "__main__":

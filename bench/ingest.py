@@ -62,6 +62,7 @@ from bench._common import (
     proc_status_kib,
     purge_session,
     ratio,
+    run_bench,
     scalar,
     stop_child,
     stop_process,
@@ -1178,10 +1179,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 class MachineLoad:
     """Share of all CPUs busy over an interval (everything on the machine, other users included)."""
 
@@ -1342,13 +1339,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
-    try:
-        run(args)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_bench(lambda: run(args))
 
 
 if __name__ == "__main__":
