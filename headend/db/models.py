@@ -136,8 +136,8 @@ class LedgerAccount(Base):
     customer_id: Mapped[str | None] = mapped_column(
         Text,
         Computed(
-            "CASE WHEN account_id ~ '^customer:[A-Za-z0-9_-]{1,32}:(prepaid|emergency_credit|debt)$' "
-            "THEN split_part(account_id, ':', 2) END",
+            "CASE WHEN account_id ~ '^customer:[A-Za-z0-9_-]+:(prepaid|emergency_credit|debt)$' "
+            "AND char_length(split_part(account_id, ':', 2)) <= 32 THEN split_part(account_id, ':', 2) END",
             persisted=True,
         ),
         index=True,
@@ -145,7 +145,8 @@ class LedgerAccount(Base):
     channel: Mapped[str | None] = mapped_column(
         Text,
         Computed(
-            "CASE WHEN account_id ~ '^cash_in_transit:[a-z0-9_]{1,32}$' THEN split_part(account_id, ':', 2) END",
+            "CASE WHEN account_id ~ '^cash_in_transit:[a-z0-9_]+$' "
+            "AND char_length(split_part(account_id, ':', 2)) <= 32 THEN split_part(account_id, ':', 2) END",
             persisted=True,
         ),
     )

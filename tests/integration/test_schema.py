@@ -16,7 +16,8 @@ from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, Storage, normal
 from headend.db.migrate import alembic_config, migrate
 from headend.ingest.messages import Decoded, SourcedReading
 from headend.ingest.writer import ReadingWriter
-from protocols.readings import MeterReading
+from prepay_engine import ledger as pure_ledger
+from protocols.readings import MeterReading, is_valid_id
 from tests.integration.conftest import ADMIN_URL, count, register
 
 pytestmark = pytest.mark.integration
@@ -144,3 +145,45 @@ def test_unknown_collection_timezone_is_refused_before_any_change(empty_database
         migrate(empty_database_url, require_timescaledb=False, collection_timezone="Mars/Olympus")
     with psycopg.connect(empty_database_url) as conn:
         assert count(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == 0
+
+
+@pytest.mark.parametrize(
+    ("account_id", "customer_id", "channel"),
+    [
+        ("customer:" + "C" * 32 + ":prepaid", "C" * 32, None),
+        ("customer:" + "C" * 33 + ":prepaid", None, None),
+        ("customer:A-1_b:emergency_credit", "A-1_b", None),
+        ("customer:A1:savings", None, None),
+        ("customer::debt", None, None),
+        ("cash_in_transit:" + "w" * 32, None, "w" * 32),
+        ("cash_in_transit:" + "w" * 33, None, None),
+        ("cash_in_transit:WeChat", None, None),
+        ("x" * 160, None, None),
+    ],
+)
+def test_ledger_account_ids_derive_customer_and_channel(
+    db: psycopg.Connection[Any], account_id: str, customer_id: str | None, channel: str | None
+) -> None:
+    row = db.execute(
+        "INSERT INTO ledger_accounts (account_id, kind) VALUES (%s, 'revenue') RETURNING customer_id, channel",
+        (account_id,),
+    ).fetchone()
+    assert row == (customer_id, channel)
+
+
+@pytest.mark.parametrize("account_id", ["", "x" * 161, "has space", "tab\there", "é"])
+def test_ledger_account_ids_outside_the_pattern_are_refused(db: psycopg.Connection[Any], account_id: str) -> None:
+    assert pure_ledger.ID_PATTERN.fullmatch(account_id) is None
+    with pytest.raises(psycopg.errors.CheckViolation, match="ledger_accounts_id_format"):
+        db.execute("INSERT INTO ledger_accounts (account_id, kind) VALUES (%s, 'revenue')", (account_id,))
+
+
+@pytest.mark.parametrize(("meter_id", "valid"), [("M" * 32, True), ("M" * 33, False), ("", False), ("M.1", False)])
+def test_meter_ids_are_checked_as_the_protocol_does(db: psycopg.Connection[Any], meter_id: str, valid: bool) -> None:
+    assert is_valid_id(meter_id) is valid
+    insert = "INSERT INTO meters (meter_id, protocol, region) VALUES (%s, 'mqtt', 'r')"
+    if valid:
+        db.execute(insert, (meter_id,))
+    else:
+        with pytest.raises((psycopg.errors.CheckViolation, psycopg.errors.StringDataRightTruncation)):
+            db.execute(insert, (meter_id,))
