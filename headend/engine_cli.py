@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import typer
 
@@ -324,23 +325,30 @@ def engine_command(
 
 
 def settle_command(
-    day: Annotated[str, typer.Option("--date", help="Local day to settle, YYYY-MM-DD (HEADEND_TIMEZONE).")],
+    day: Annotated[str, typer.Option("--date", help="Local day to settle, YYYY-MM-DD.")],
+    zone: Annotated[
+        str | None, typer.Option(help="Settle the accounts of this time zone (default HEADEND_TIMEZONE).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     limit: Annotated[int, typer.Option(min=0, help="Accounts in arrears to list.")] = 50,
 ) -> None:
-    """Charge what is still uncharged up to the end of a day, then report the accounts in arrears."""
+    """Charge what is still uncharged, then report the day's usage and the accounts in arrears at its end."""
     try:
         local_day = date.fromisoformat(day)
     except ValueError:
         raise typer.BadParameter(f"{day!r} is not a date in the form YYYY-MM-DD", param_hint="--date") from None
     settings = _settings()
+    try:
+        tz = settings.zone if zone is None else ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise typer.BadParameter(f"unknown time zone {zone!r} (an IANA name such as Asia/Shanghai)") from None
     with database_url(settings) as url, connect_database(url) as conn:
         try:
             settled = settle_day(
                 conn,
                 Catalog(),
                 local_day,
-                settings.zone,
+                tz,
                 now=datetime.now(UTC),
                 lateness_s=settings.engine_lateness_s,
                 batch_accounts=settings.engine_batch_accounts,
@@ -353,9 +361,14 @@ def settle_command(
                 {
                     "date": local_day.isoformat(),
                     "zone": settled.zone,
+                    "start_utc": settled.start_utc.isoformat(),
+                    "end_utc": settled.end_utc.isoformat(),
                     "accounts": settled.accounts,
-                    "charges": settled.run.charges,
-                    "charged_fen": settled.run.charged_fen,
+                    "charges": settled.day.charges,
+                    "energy_wh": settled.day.energy_wh,
+                    "charged_fen": settled.day.charged_fen,
+                    "run_charges": settled.run.charges,
+                    "run_charged_fen": settled.run.charged_fen,
                     "incomplete_accounts": settled.incomplete_accounts,
                     "arrears_accounts": len(settled.arrears),
                     "arrears_fen": settled.arrears_fen,
@@ -374,9 +387,10 @@ def settle_command(
         )
         return
     typer.echo(
-        f"settled {local_day} ({settled.zone}): {settled.accounts} accounts, {settled.run.charges} interval "
-        f"charges now ({_yuan(settled.run.charged_fen)}), {settled.incomplete_accounts} with intervals still "
-        f"unread; {len(settled.arrears)} in arrears owing {_yuan(settled.arrears_fen)}"
+        f"settled {local_day} ({settled.zone}): {settled.accounts} accounts, {settled.day.charges} interval charges "
+        f"of the day, {settled.day.energy_wh / 1000:.3f} kWh, {_yuan(settled.day.charged_fen)} "
+        f"({settled.run.charges} charged by this run); {settled.incomplete_accounts} with intervals still unread; "
+        f"{len(settled.arrears)} in arrears at the end of the day owing {_yuan(settled.arrears_fen)}"
     )
     for a in settled.arrears[:limit]:
         typer.echo(f"  {a.account_id:<32} owes {_yuan(a.owed_fen):>12}  balance {_yuan(a.balance_fen)}  {a.supply}")

@@ -125,6 +125,7 @@ __all__ = [
     "command_request_id",
     "notification_request_id",
     "open_account",
+    "usage_day_postings",
     "usage_postings",
     "usage_summary_posting",
 ]
@@ -627,6 +628,18 @@ def usage_summary_posting(account_id: str, charges: Sequence[IntervalCharge]) ->
     return usage_posting(
         account_id, posting_id, amount_fen, last.interval_end, f"{len(charges)} intervals, {energy_wh} Wh"
     )
+
+
+def usage_day_postings(
+    account_id: str, charges: Sequence[IntervalCharge], zone: ZoneInfo
+) -> tuple[tuple[Posting | None, tuple[IntervalCharge, ...]], ...]:
+    """Summary postings of consecutive usage charges, one per local day of the account, each with its charges.
+
+    A posting never straddles a local midnight, so the balance at the end of a day (postings at or before it)
+    holds exactly that day's usage.
+    """
+    days = itertools.groupby(charges, key=lambda c: c.interval_start.astimezone(zone).date())
+    return tuple((usage_summary_posting(account_id, group), group) for group in (tuple(g) for _, g in days))
 
 
 def _wrong_account(detail: str) -> Rejected:

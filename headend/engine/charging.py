@@ -40,7 +40,7 @@ from headend.engine.account_rows import (
 from headend.engine.catalog import Catalog
 from headend.engine.outbox import write_requests
 from headend.ledger_store import POSTING_ROW_COLUMNS, posting_row
-from prepay_engine.account import CommandRequest, NotificationRequest, PrepaidAccount, usage_summary_posting
+from prepay_engine.account import CommandRequest, NotificationRequest, PrepaidAccount, usage_day_postings
 from prepay_engine.ledger import (
     DEFAULT_MAX_POSTING_FEN,
     MAX_BIGINT,
@@ -49,7 +49,7 @@ from prepay_engine.ledger import (
     emergency_credit_account_id,
     prepaid_account_id,
 )
-from prepay_engine.usage import RegisterReading, UsageEvent, UsageResult, charge_usage
+from prepay_engine.usage import IntervalCharge, RegisterReading, UsageEvent, UsageResult, charge_usage
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,13 @@ class _Work:
     row: dict[str, Any]
     account: PrepaidAccount
     usage: UsageResult | None = None
-    postings: tuple[Posting, ...] = ()
+    days: tuple[tuple[Posting | None, tuple[IntervalCharge, ...]], ...] = ()  # usage postings, one per local day
     decide: bool = False
+
+    @property
+    def postings(self) -> tuple[Posting, ...]:
+        """The batch's usage postings of this account."""
+        return tuple(p for p, _ in self.days if p is not None)
 
 
 def _charge_locked(
@@ -275,9 +280,8 @@ def _charge_locked(
             usage = charge_usage(account.usage, account_events, account.tariff, complete_until=cu)
             work.usage = usage
             work.account = replace(account, usage=usage.state)
-            summary = usage_summary_posting(account_id, usage.charges)
-            work.postings = () if summary is None else (summary,)
-            work.decide = work.decide or summary is not None
+            work.days = usage_day_postings(account_id, usage.charges, account.zone)
+            work.decide = work.decide or bool(work.postings)
             stats_charges += len(usage.charges)
             anomalies.extend((account_id, a.meter_id, a.ts, str(a.kind), a.detail) for a in usage.anomalies)
         works.append(work)
@@ -509,23 +513,22 @@ def _copy_usage_charges(cur: Cursor, works: list[_Work]) -> None:
     ) as copy:
         copy.set_types(_CHARGE_TYPES)
         for work in works:
-            if work.usage is None:
-                continue
-            posting_id = work.postings[0].posting_id if work.postings else None
             account_id = work.account.account_id
-            for c in work.usage.charges:
-                copy.write_row(
-                    (
-                        c.charge_id,
-                        account_id,
-                        c.meter_id,
-                        c.interval_start,
-                        c.energy_wh,
-                        c.amount_yuan,
-                        c.amount_fen,
-                        posting_id,
+            for posting, charges in work.days:
+                posting_id = None if posting is None else posting.posting_id
+                for c in charges:
+                    copy.write_row(
+                        (
+                            c.charge_id,
+                            account_id,
+                            c.meter_id,
+                            c.interval_start,
+                            c.energy_wh,
+                            c.amount_yuan,
+                            c.amount_fen,
+                            posting_id,
+                        )
                     )
-                )
 
 
 def _due_at(next_ts: Mapping[str, datetime], account_id: str, lateness_s: float) -> datetime | None:

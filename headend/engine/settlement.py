@@ -1,4 +1,10 @@
-"""Daily settlement: charge what is still chargeable for a local day, then record the day's arrears report."""
+"""Daily settlement of one local day in one time zone: charge what is chargeable, then report the day.
+
+The day's figures come from the data, not from this run: the interval charges whose interval starts within the
+local day (whenever they were charged), and the accounts in arrears as of the instant the day ended (every
+posting dated at or before it; usage postings never straddle a local midnight). Settling a day again recomputes
+the same figures from the same data, so a re-run replaces the record instead of adding to it.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +27,13 @@ class SettlementError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Arrears:
-    """An account owing money at settlement: negative prepaid balance and/or outstanding debt."""
+    """An account owing money at the end of the day: negative prepaid balance and/or outstanding debt."""
 
     account_id: str
     balance_fen: int
     emergency_credit_outstanding_fen: int
     debt_fen: int
-    supply: str
+    supply: str  # the supply state when the settlement ran (the relay's history is the command log's)
 
     @property
     def owed_fen(self) -> int:
@@ -36,14 +42,25 @@ class Arrears:
 
 
 @dataclass(frozen=True, slots=True)
+class DayUsage:
+    """The interval charges of the day's intervals (interval start within the local day)."""
+
+    charges: int
+    energy_wh: int
+    charged_fen: int
+
+
+@dataclass(frozen=True, slots=True)
 class Settlement:
-    """The outcome of settling one local day."""
+    """The outcome of settling one local day of the accounts in one time zone."""
 
     local_day: date
     zone: str
-    until_utc: datetime
-    accounts: int
-    run: BatchStats
+    start_utc: datetime
+    end_utc: datetime
+    accounts: int  # opened before the day ended
+    day: DayUsage
+    run: BatchStats  # what this settlement itself charged (any day's intervals up to now minus the lateness)
     incomplete_accounts: int  # intervals of the day still uncharged: no reading after them yet
     arrears: tuple[Arrears, ...]
 
@@ -53,9 +70,15 @@ class Settlement:
         return sum(a.owed_fen for a in self.arrears)
 
 
+def day_bounds_utc(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """The instants the local day starts and ends, UTC."""
+    start = datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+    return start, datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone).astimezone(UTC)
+
+
 def day_end_utc(day: date, zone: ZoneInfo) -> datetime:
     """The instant the local day ends, UTC."""
-    return datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone).astimezone(UTC)
+    return day_bounds_utc(day, zone)[1]
 
 
 def settle_day(
@@ -68,8 +91,8 @@ def settle_day(
     lateness_s: float,
     batch_accounts: int,
 ) -> Settlement:
-    """Charge every account with readings up to now minus lateness (the day must be over by then); record arrears."""
-    end = day_end_utc(day, zone)
+    """Charge the zone's accounts up to now minus lateness (the day must be over by then); record the day."""
+    start, end = day_bounds_utc(day, zone)
     cu = now - timedelta(seconds=lateness_s)
     if cu < end:
         raise SettlementError(
@@ -80,9 +103,9 @@ def settle_day(
     after = ""
     while True:
         rows = conn.execute(
-            "SELECT account_id FROM prepaid_accounts WHERE account_id > %s AND seen_until < %s "
+            "SELECT account_id FROM prepaid_accounts WHERE account_id > %s AND zone = %s AND seen_until < %s "
             "ORDER BY account_id LIMIT %s",
-            (after, cu, batch_accounts),
+            (after, zone.key, cu, batch_accounts),
         ).fetchall()
         if not rows:
             break
@@ -90,58 +113,118 @@ def settle_day(
         run += charge_accounts(conn, catalog, ids, now=now, complete_until=cu, lateness_s=lateness_s, wait=True)
         after = ids[-1]
     with conn.transaction():
-        accounts, incomplete = conn.execute(
-            "SELECT count(*), count(*) FILTER (WHERE charged_until < %s) FROM prepaid_accounts", (end,)
-        ).fetchone() or (0, 0)
-        arrears = tuple(
-            Arrears(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]))
-            for r in conn.execute(
-                """
-                SELECT a.account_id,
-                    sum(l.balance_fen) FILTER (WHERE l.kind = 'customer_prepaid'),
-                    sum(l.balance_fen) FILTER (WHERE l.kind = 'emergency_credit_receivable'),
-                    sum(l.balance_fen) FILTER (WHERE l.kind = 'debt_receivable'),
-                    a.supply
-                FROM prepaid_accounts a JOIN ledger_accounts l ON l.customer_id = a.account_id
-                GROUP BY a.account_id, a.supply
-                HAVING sum(l.balance_fen) FILTER (WHERE l.kind = 'customer_prepaid') < 0
-                    OR sum(l.balance_fen) FILTER (WHERE l.kind = 'debt_receivable') > 0
-                ORDER BY a.account_id
-                """
-            ).fetchall()
-        )
-        settlement = Settlement(day, zone.key, end, int(accounts), run, int(incomplete), arrears)
-        conn.execute(
-            """
-            INSERT INTO settlements (local_day, zone, until_utc, accounts, charges, charged_fen, incomplete_accounts,
-                arrears_accounts, arrears_fen)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-            ON CONFLICT (local_day) DO UPDATE SET zone = excluded.zone, until_utc = excluded.until_utc,
-                accounts = excluded.accounts, charges = settlements.charges + excluded.charges,
-                charged_fen = settlements.charged_fen + excluded.charged_fen,
-                incomplete_accounts = excluded.incomplete_accounts, arrears_accounts = excluded.arrears_accounts,
-                arrears_fen = excluded.arrears_fen, settled_at = now()
-            """,
-            (
-                day,
-                zone.key,
-                end,
-                settlement.accounts,
-                run.charges,
-                run.charged_fen,
-                settlement.incomplete_accounts,
-                len(arrears),
-                settlement.arrears_fen,
-            ),
-        )
-        conn.execute("DELETE FROM settlement_arrears WHERE local_day = %s", (day,))
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO settlement_arrears (local_day, account_id, balance_fen, emergency_credit_outstanding_fen, "
-                "debt_fen, supply) VALUES (%s, %s, %s, %s, %s, %s)",
-                [
-                    (day, a.account_id, a.balance_fen, a.emergency_credit_outstanding_fen, a.debt_fen, a.supply)
-                    for a in arrears
-                ],
-            )
+        settlement = _report(conn, day, zone, start, end, run)
+        _record(conn, settlement)
     return settlement
+
+
+def _report(conn: Connection, day: date, zone: ZoneInfo, start: datetime, end: datetime, run: BatchStats) -> Settlement:
+    accounts, incomplete = conn.execute(
+        "SELECT count(*), count(*) FILTER (WHERE charged_until < %(end)s) FROM prepaid_accounts "
+        "WHERE zone = %(zone)s AND opened_at < %(end)s",
+        {"zone": zone.key, "end": end},
+    ).fetchone() or (0, 0)
+    charges, energy_wh, charged_fen = conn.execute(
+        """
+        SELECT count(*), coalesce(sum(c.energy_wh), 0), coalesce(sum(c.amount_fen), 0)
+        FROM usage_charges c JOIN prepaid_accounts a USING (account_id)
+        WHERE c.interval_start >= %(start)s AND c.interval_start < %(end)s AND a.zone = %(zone)s
+        """,
+        {"start": start, "end": end, "zone": zone.key},
+    ).fetchone() or (0, 0, 0)
+    arrears = tuple(
+        Arrears(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]))
+        for r in conn.execute(_ARREARS_AT_END_SQL, {"end": end, "zone": zone.key}).fetchall()
+    )
+    return Settlement(
+        day,
+        zone.key,
+        start,
+        end,
+        int(accounts),
+        DayUsage(int(charges), int(energy_wh), int(charged_fen)),
+        run,
+        int(incomplete),
+        arrears,
+    )
+
+
+# Balances at the day's end: today's balance minus what postings dated after the end moved (a BRIN index on
+# `at` keeps that scan to the postings written since).
+_ARREARS_AT_END_SQL = """
+    WITH moved AS (
+        SELECT account_id, sum(credit_minus_debit_fen) AS credit_minus_debit_fen FROM (
+            SELECT credit_account_id AS account_id, amount_fen AS credit_minus_debit_fen
+            FROM ledger_postings WHERE at > %(end)s
+            UNION ALL
+            SELECT debit_account_id, -amount_fen FROM ledger_postings WHERE at > %(end)s
+        ) p GROUP BY account_id
+    ), at_end AS (
+        SELECT l.customer_id, l.kind,
+            l.balance_fen - CASE WHEN l.normal_side = 'credit' THEN coalesce(m.credit_minus_debit_fen, 0)
+                ELSE -coalesce(m.credit_minus_debit_fen, 0) END AS balance_fen
+        FROM ledger_accounts l LEFT JOIN moved m USING (account_id)
+        WHERE l.customer_id IS NOT NULL
+    )
+    SELECT a.account_id,
+        coalesce(sum(e.balance_fen) FILTER (WHERE e.kind = 'customer_prepaid'), 0),
+        coalesce(sum(e.balance_fen) FILTER (WHERE e.kind = 'emergency_credit_receivable'), 0),
+        coalesce(sum(e.balance_fen) FILTER (WHERE e.kind = 'debt_receivable'), 0),
+        a.supply
+    FROM prepaid_accounts a JOIN at_end e ON e.customer_id = a.account_id
+    WHERE a.zone = %(zone)s AND a.opened_at < %(end)s
+    GROUP BY a.account_id, a.supply
+    HAVING coalesce(sum(e.balance_fen) FILTER (WHERE e.kind = 'customer_prepaid'), 0) < 0
+        OR coalesce(sum(e.balance_fen) FILTER (WHERE e.kind = 'debt_receivable'), 0) > 0
+    ORDER BY a.account_id
+"""
+
+
+def _record(conn: Connection, s: Settlement) -> None:
+    conn.execute(
+        """
+        INSERT INTO settlements (local_day, zone, start_utc, until_utc, accounts, charges, energy_wh, charged_fen,
+            run_charges, run_charged_fen, incomplete_accounts, arrears_accounts, arrears_fen)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        ON CONFLICT (local_day, zone) DO UPDATE SET start_utc = excluded.start_utc, until_utc = excluded.until_utc,
+            accounts = excluded.accounts, charges = excluded.charges, energy_wh = excluded.energy_wh,
+            charged_fen = excluded.charged_fen, run_charges = excluded.run_charges,
+            run_charged_fen = excluded.run_charged_fen, incomplete_accounts = excluded.incomplete_accounts,
+            arrears_accounts = excluded.arrears_accounts, arrears_fen = excluded.arrears_fen, settled_at = now()
+        """,
+        (
+            s.local_day,
+            s.zone,
+            s.start_utc,
+            s.end_utc,
+            s.accounts,
+            s.day.charges,
+            s.day.energy_wh,
+            s.day.charged_fen,
+            s.run.charges,
+            s.run.charged_fen,
+            s.incomplete_accounts,
+            len(s.arrears),
+            s.arrears_fen,
+        ),
+    )
+    conn.execute("DELETE FROM settlement_arrears WHERE local_day = %s AND zone = %s", (s.local_day, s.zone))
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "COPY settlement_arrears (local_day, zone, account_id, balance_fen, emergency_credit_outstanding_fen, "
+            "debt_fen, supply) FROM STDIN"
+        ) as copy,
+    ):
+        for a in s.arrears:
+            copy.write_row(
+                (
+                    s.local_day,
+                    s.zone,
+                    a.account_id,
+                    a.balance_fen,
+                    a.emergency_credit_outstanding_fen,
+                    a.debt_fen,
+                    a.supply,
+                )
+            )

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -310,7 +311,7 @@ def test_settlement_charges_the_rest_of_the_day_and_reports_arrears(conn: Conn) 
     register(conn, ["m1", "m2"])
     _open(conn, catalog, "a1", "m1")
     _open(conn, catalog, "a2", "m2")
-    store_readings(conn, series("m1", DAY_START + STEP, 100, STEP, 1_000_400, 400))  # into the next day
+    store_readings(conn, series("m1", DAY_START + STEP, 100, STEP, 1_000_400, 400))  # 4 intervals into the next day
     store_readings(conn, series("m2", DAY_START + STEP, 20, STEP, 1_000_000, 0))  # no use: stays at zero
     day = date(2026, 11, 20)
     with pytest.raises(SettlementError, match="settle after that"):
@@ -320,15 +321,69 @@ def test_settlement_charges_the_rest_of_the_day_and_reports_arrears(conn: Conn) 
     settled = settle_day(conn, catalog, day, SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=1)
     assert settled.accounts == 2
     assert settled.run.accounts == 2
+    assert settled.run.charges == 100 + 20  # the run charges whatever is chargeable, the next day's intervals too
     assert settled.incomplete_accounts == 1  # m2's readings stop at 05:00: the rest of its day is unknown
-    assert [a.account_id for a in settled.arrears] == ["a1"]
-    assert settled.arrears_fen == -ledger_store.balance_fen(conn, prepaid_account_id("a1"))
-    stored = conn.execute("SELECT arrears_accounts, arrears_fen, incomplete_accounts FROM settlements").fetchone()
-    assert stored == (1, settled.arrears_fen, 1)
+    # the day's figures are the day's intervals only
+    day_end = DAY_START + timedelta(days=1)
+    day_fen = count(
+        conn, "SELECT sum(amount_fen) FROM usage_charges WHERE account_id = 'a1' AND interval_start < %s", day_end
+    )
+    assert (settled.day.charges, settled.day.energy_wh, settled.day.charged_fen) == (96 + 20, 96 * 400, day_fen)
+    assert settled.run.charged_fen > settled.day.charged_fen
+    # usage postings never straddle the local midnight: the day's ends at it
+    postings = conn.execute("SELECT at, amount_fen FROM ledger_postings WHERE kind = 'usage' ORDER BY at").fetchall()
+    assert [r[0] for r in postings] == [day_end, day_end + timedelta(hours=1)]
+    assert postings[0][1] == day_fen
+    # arrears as of the day's end, not of now
+    assert [(a.account_id, a.balance_fen) for a in settled.arrears] == [("a1", -day_fen)]
+    assert ledger_store.balance_fen(conn, prepaid_account_id("a1")) < -day_fen
+    stored = conn.execute(
+        "SELECT charges, energy_wh, charged_fen, run_charges, arrears_accounts, arrears_fen, incomplete_accounts "
+        "FROM settlements"
+    ).fetchone()
+    assert stored == (116, 96 * 400, day_fen, 120, 1, day_fen, 1)
+    # a payment the next morning settles the debt now, but not the day's arrears; settling again changes nothing
+    pay(conn, catalog, TopUp("wechat", "WX-9", "a1", 100_000, day_end + timedelta(hours=1)), now=NOW, received_by="t")
     again = settle_day(conn, catalog, day, SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=10)
     assert again.run.postings == 0
+    assert (again.day, again.arrears) == (settled.day, settled.arrears)
+    assert count(conn, "SELECT count(*) FROM settlements") == 1
     assert count(conn, "SELECT count(*) FROM settlement_arrears") == 1
+    # the next day starts from the balances at this one's end
+    following = settle_day(
+        conn,
+        catalog,
+        day + timedelta(days=1),
+        SHANGHAI,
+        now=NOW + timedelta(days=1),
+        lateness_s=LATENESS_S,
+        batch_accounts=10,
+    )
+    assert following.day.charges == 4
+    assert following.arrears == ()
     assert datetime.now(UTC) > NOW  # the fixed clock is in the past of the real one
+
+
+def test_settlement_covers_the_accounts_of_its_zone(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1", "m2"])
+    _open(conn, catalog, "a1", "m1")
+    open_account(
+        conn,
+        catalog,
+        "a2",
+        meter_id="m2",
+        tariff_code=TARIFF.code,
+        policy_code=STRICT_POLICY.name,
+        opened_at=DAY_START,
+        opening_register_wh=1_000_000,
+        zone=ZoneInfo("Asia/Urumqi"),
+    )
+    store_readings(conn, series("m1", DAY_START + STEP, 96, STEP, 1_000_400, 400))
+    store_readings(conn, series("m2", DAY_START + STEP, 96, STEP, 1_000_400, 400))
+    settled = settle_day(conn, catalog, date(2026, 11, 20), SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=5)
+    assert (settled.accounts, settled.run.accounts, settled.day.charges) == (1, 1, 96)
+    assert [a.account_id for a in settled.arrears] == ["a1"]
 
 
 def test_a_payment_while_a_disconnect_is_pending_supersedes_it_with_a_reconnect(conn: Conn) -> None:

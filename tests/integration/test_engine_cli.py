@@ -78,7 +78,8 @@ def test_an_operator_runs_an_account_from_opening_to_settlement(database_url: st
     report = json.loads(settled.output)
     assert report["accounts"] == 1
     assert report["incomplete_accounts"] == 0
-    assert report["charges"] == 0  # the runner had charged the whole day already
+    assert report["run_charges"] == 0  # the runner had charged the whole day already
+    assert (report["charges"], report["energy_wh"]) == (96, 95 * 250)  # the day's own intervals; the first used nothing
 
     shown = _run(database_url, "account", "show", "A1", "--entries", "3")
     assert shown.exit_code == 0, shown.output
