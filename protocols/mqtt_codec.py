@@ -25,7 +25,8 @@ _READING_FIELDS = frozenset(
 )
 
 
-def _load_object(payload: bytes) -> dict[str, Any]:
+def load_object(payload: bytes) -> dict[str, Any]:
+    """Parse a payload that must be one JSON object; raise PayloadError otherwise."""
     try:
         value = json.loads(payload)
     except RecursionError:
@@ -94,7 +95,7 @@ def _reading_from_object(obj: Mapping[str, Any], meter_id: str) -> MeterReading:
 
 def decode_meter_reading(meter_id: str, payload: bytes) -> MeterReading:
     """Decode the payload of `meters/{meter_id}/readings`."""
-    obj = _load_object(payload)
+    obj = load_object(payload)
     if "meter_id" in obj and obj["meter_id"] != meter_id:
         raise PayloadError(f"meter_id {obj['meter_id']!r} in payload differs from topic {meter_id!r}")
     return _reading_from_object(obj, meter_id)
@@ -102,7 +103,7 @@ def decode_meter_reading(meter_id: str, payload: bytes) -> MeterReading:
 
 def decode_concentrator_batch(dcu_id: str, payload: bytes) -> ConcentratorBatch:
     """Decode the payload of `concentrators/{dcu_id}/readings`, keeping bad entries apart."""
-    obj = _load_object(payload)
+    obj = load_object(payload)
     unknown = obj.keys() - _BATCH_FIELDS
     if unknown:
         raise PayloadError(f"unknown field(s): {', '.join(sorted(unknown))}")

@@ -28,6 +28,8 @@ _LAYOUT: dict[tuple[str, str], TopicKind] = {
 }
 
 READINGS_FILTERS = ("meters/+/readings", "concentrators/+/readings")
+COMMAND_FILTERS = ("meters/+/commands", "concentrators/+/commands")
+EVENTS_FILTER = "meters/+/events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +61,18 @@ def meter_readings_topic(meter_id: str) -> str:
 def concentrator_readings_topic(dcu_id: str) -> str:
     """Topic on which a concentrator publishes the readings of its meters."""
     return f"concentrators/{dcu_id}/readings"
+
+
+def meter_commands_topic(meter_id: str) -> str:
+    """Topic on which the head-end sends relay commands to a meter that speaks MQTT itself."""
+    return f"meters/{meter_id}/commands"
+
+
+def concentrator_commands_topic(dcu_id: str) -> str:
+    """Topic on which the head-end sends relay commands for the meters behind a concentrator."""
+    return f"concentrators/{dcu_id}/commands"
+
+
+def meter_events_topic(meter_id: str) -> str:
+    """Topic on which a meter, or its concentrator on its behalf, reports relay events."""
+    return f"meters/{meter_id}/events"
