@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from contextlib import nullcontext
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated
@@ -12,10 +14,12 @@ import typer
 from headend.settings import Settings
 from headend.signals import stop_on_signals
 from simulators.clock import INTERVAL, INTERVALS_PER_DAY, SimClock, floor_to_grid, is_on_grid, parse_speed
+from simulators.command_responder import CommandResponder
 from simulators.faults import FaultConfig
 from simulators.fleet import Fleet, build_fleet, write_registry_csv
 from simulators.fleet_sim import FleetSimulation, SimulationCounts
 from simulators.publisher import BrokerConfig, BrokerError, run_simulation
+from simulators.relay_sim import RelayFault, plan_relay_faults
 
 DEFAULT_INTERVALS = INTERVALS_PER_DAY
 
@@ -62,11 +66,24 @@ def _start(text: str | None, count: int, zone: ZoneInfo) -> datetime:
     return start.astimezone(zone)
 
 
+def _button_delay(text: str) -> float | None:
+    if text.strip().lower() == "never":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither seconds nor 'never'", param_hint="--button-delay") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise typer.BadParameter(f"{text!r} must be seconds >= 0 or 'never'", param_hint="--button-delay")
+    return seconds
+
+
 def _describe(fleet: Fleet) -> str:
     direct = len(fleet.direct_meters)
+    allowed = sum(m.reconnect_mode == "allowed" for m in fleet.meters)
     return (
         f"fleet: {len(fleet.meters)} meters ({direct} direct, {len(fleet.meters) - direct} behind "
-        f"{len(fleet.concentrators)} concentrators), seed {fleet.seed}"
+        f"{len(fleet.concentrators)} concentrators, {allowed} reconnect-allowed), seed {fleet.seed}"
     )
 
 
@@ -95,6 +112,22 @@ def simulate(
     reorder_rate: Annotated[float, typer.Option(help="probability a message arrives intervals late")] = 0.0,
     drift_fraction: Annotated[float, typer.Option(help="share of meters whose clock drifts off the grid")] = 0.0,
     rollover_fraction: Annotated[float, typer.Option(help="share of meters whose register wraps to 0")] = 0.0,
+    obey_commands: Annotated[
+        bool, typer.Option(help="answer relay commands on the meters' and concentrators' command topics")
+    ] = True,
+    reconnect_allowed_fraction: Annotated[
+        float, typer.Option(help="share of meters where a reconnect only arms the relay (合闸允许)")
+    ] = 0.0,
+    button_delay: Annotated[
+        str, typer.Option(help="seconds until the customer presses an armed meter's button, or 'never'")
+    ] = "60",
+    relay_stuck_fraction: Annotated[
+        float, typer.Option(help="share of meters that answer executed but whose relay does not move")
+    ] = 0.0,
+    relay_reject_fraction: Annotated[float, typer.Option(help="share of meters that reject every command")] = 0.0,
+    relay_silent_fraction: Annotated[
+        float, typer.Option(help="share of meters that take commands but never answer them")
+    ] = 0.0,
     host: Annotated[str | None, typer.Option(help="MQTT broker host [default: HEADEND_MQTT_HOST or 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="MQTT broker port [default: HEADEND_MQTT_PORT]")] = None,
 ) -> None:
@@ -113,6 +146,7 @@ def simulate(
         raise typer.BadParameter("--registry-only needs --registry-csv PATH", param_hint="--registry-only")
     region_names = _regions(regions)
     count = _interval_count(intervals, days)
+    button_delay_s = _button_delay(button_delay)
     try:
         speed_factor = parse_speed(speed)
     except ValueError as exc:
@@ -128,13 +162,26 @@ def simulate(
             rollover_fraction=_fraction(rollover_fraction, "--rollover-fraction"),
         )
         fleet = build_fleet(
-            meters, concentrators, region_names, seed, _fraction(direct_share, "--direct-share"), id_prefix=id_prefix
+            meters,
+            concentrators,
+            region_names,
+            seed,
+            _fraction(direct_share, "--direct-share"),
+            id_prefix=id_prefix,
+            reconnect_allowed_fraction=_fraction(reconnect_allowed_fraction, "--reconnect-allowed-fraction"),
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     unknown = faults.offline_ids - {m.meter_id for m in fleet.meters}
     if unknown:
         raise typer.BadParameter(f"not in the fleet: {', '.join(sorted(unknown))}", param_hint="--offline-ids")
+    stuck = _fraction(relay_stuck_fraction, "--relay-stuck-fraction")
+    reject = _fraction(relay_reject_fraction, "--relay-reject-fraction")
+    silent = _fraction(relay_silent_fraction, "--relay-silent-fraction")
+    if round(stuck * meters) + round(reject * meters) + round(silent * meters) > meters:
+        raise typer.BadParameter(
+            "the stuck, reject and silent fractions add up to more than every meter", param_hint="--relay-*-fraction"
+        )
 
     if registry_csv is not None:
         try:
@@ -160,6 +207,23 @@ def simulate(
         f"publishing {count} intervals from {clock.start.isoformat()} at "
         f"{'max speed' if speed_factor is None else f'{speed_factor:g}x'} to {broker.host}:{broker.port}"
     )
+    responder = None
+    if obey_commands:
+        relay_faults = plan_relay_faults(
+            [m.meter_id for m in fleet.meters],
+            seed,
+            stuck_fraction=stuck,
+            reject_fraction=reject,
+            silent_fraction=silent,
+            # a meter that publishes no readings hears no commands either
+            offline_ids=simulation.plan.offline_ids,
+        )
+        # the responder moves the MeterSims' relays, so an open relay meters nothing in the readings published
+        responder = CommandResponder(
+            fleet, broker, faults=relay_faults, meters=simulation.meters, button_delay_s=button_delay_s
+        )
+        faulty = sum(1 for f in relay_faults.values() if f is not RelayFault.NONE)
+        typer.echo(f"answering relay commands ({faulty} meters with a relay fault)")
 
     def progress(instant: datetime, counts: SimulationCounts) -> None:
         if counts.intervals % INTERVALS_PER_DAY == 0:
@@ -167,12 +231,16 @@ def simulate(
 
     with stop_on_signals() as stop:
         try:
-            stats = run_simulation(simulation, clock, count, broker, stop=stop, progress=progress)
+            with responder if responder is not None else nullcontext():
+                stats = run_simulation(simulation, clock, count, broker, stop=stop, progress=progress)
         except BrokerError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
     for line in stats.lines():
         typer.echo(line)
+    if responder is not None:
+        for line in responder.counts.lines():
+            typer.echo(f"relay {line}")
     if stats.messages_unconfirmed:
         typer.echo(f"error: {stats.messages_unconfirmed} messages were not acknowledged by the broker", err=True)
         raise typer.Exit(1)

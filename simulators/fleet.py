@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from os import PathLike
 from types import MappingProxyType
@@ -39,12 +39,15 @@ class SimMeter:
     start_register_wh: int
     protocol: Literal["mqtt"] = "mqtt"
     multiplier: int = 1
+    # "allowed" (合闸允许): a reconnect only arms the relay; it closes when the customer presses the button
+    reconnect_mode: Literal["direct", "allowed"] = "direct"
 
     def __post_init__(self) -> None:
         assert is_valid_id(self.meter_id), self.meter_id
         assert self.concentrator_id is None or is_valid_id(self.concentrator_id)
         assert self.start_register_wh >= 0
         assert self.multiplier >= 1
+        assert self.reconnect_mode in ("direct", "allowed"), self.reconnect_mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +99,12 @@ def build_fleet(
     *,
     id_prefix: str = "SIM",
     commercial_share: float = 0.15,
+    reconnect_allowed_fraction: float = 0.0,
 ) -> Fleet:
     """A deterministic fleet: `direct_share` of the meters direct, the rest spread over the concentrators.
 
     With no concentrators every meter is direct. Meters behind a concentrator share its region.
+    `reconnect_allowed_fraction` of the meters only allow reconnection and need the customer's button press.
     """
     if meters < 1:
         raise ValueError(f"meters must be at least 1, got {meters}")
@@ -111,6 +116,8 @@ def build_fleet(
         raise ValueError(f"direct_share must be within 0..1, got {direct_share}")
     if not 0.0 <= commercial_share <= 1.0:
         raise ValueError(f"commercial_share must be within 0..1, got {commercial_share}")
+    if not 0.0 <= reconnect_allowed_fraction <= 1.0:
+        raise ValueError(f"reconnect_allowed_fraction must be within 0..1, got {reconnect_allowed_fraction}")
     width = max(6, len(str(meters)))
     meter_ids = [f"{id_prefix}{i:0{width}d}" for i in range(1, meters + 1)]
     dcu_ids = [f"{id_prefix}DCU{j:03d}" for j in range(1, concentrators + 1)]
@@ -137,6 +144,10 @@ def build_fleet(
             behind += 1
             dcu_id, region = dcu.dcu_id, dcu.region
         result.append(SimMeter(meter_id, dcu_id, region, model, kind, start_wh))
+    # a stream of its own, so that the fleet of a seed is the same with or without reconnect-allowed meters
+    allowed_rng = random.Random(f"reconnect-allowed:{seed}")  # noqa: S311 - reproducible simulation, not security
+    allowed = set(allowed_rng.sample(range(meters), round(reconnect_allowed_fraction * meters)))
+    result = [replace(m, reconnect_mode="allowed") if i in allowed else m for i, m in enumerate(result)]
     return Fleet(tuple(result), dcus, seed)
 
 
@@ -144,11 +155,16 @@ def write_registry_csv(fleet: Fleet, path: str | PathLike[str], *, installed_on:
     """Write the meter registry CSV that `headend meters import` reads; return the number of meters.
 
     `installed_on` adds that column, the local day from which collection reports expect the meters.
+    A `reconnect_mode` column ("direct" or "allowed") follows when any meter only allows reconnection.
     """
+    with_mode = any(m.reconnect_mode != "direct" for m in fleet.meters)
     extra = [] if installed_on is None else [installed_on.isoformat()]
+    header = REGISTRY_HEADER + (() if installed_on is None else ("installed_on",))
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(REGISTRY_HEADER + (() if installed_on is None else ("installed_on",)))
+        writer.writerow(header + (("reconnect_mode",) if with_mode else ()))
         for m in fleet.meters:
-            writer.writerow([m.meter_id, m.protocol, m.concentrator_id or "", m.region, m.model, m.multiplier, *extra])
+            mode = [m.reconnect_mode] if with_mode else []
+            row = [m.meter_id, m.protocol, m.concentrator_id or "", m.region, m.model, m.multiplier, *extra, *mode]
+            writer.writerow(row)
     return len(fleet.meters)
