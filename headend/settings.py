@@ -51,6 +51,18 @@ class Settings(BaseSettings):
     )
     engine_batch_accounts: int = Field(default=2000, ge=1, le=100_000, description="accounts charged per transaction")
     engine_poll_s: float = Field(default=1.0, gt=0, description="pause between runner sweeps when nothing is due")
+    api_host: str = Field(default="127.0.0.1", description="address `headend serve` listens on")
+    api_port: int = Field(default=8080, ge=1, le=65535, description="port `headend serve` listens on")
+    api_pool_size: int = Field(default=10, ge=1, le=1000, description="database connections the API keeps at most")
+    dispatch_client_id: str = Field(default="headend-dispatch", description="MQTT session id of the dispatcher")
+    dispatch_command_ttl_s: int = Field(default=600, ge=10, description="how long a relay command may be executed")
+    dispatch_retry_first_s: float = Field(default=15.0, gt=0, description="first resend of an unanswered command")
+    dispatch_retry_cap_s: float = Field(default=120.0, gt=0, description="longest pause between resends")
+    dispatch_storm_limit: int = Field(
+        default=500, ge=0, description="disconnects sent per storm window before the rest wait for approval"
+    )
+    dispatch_storm_window_s: int = Field(default=600, ge=1, description="the storm limit's window")
+    dispatch_poll_s: float = Field(default=0.2, gt=0, description="longest wait for events between dispatcher steps")
 
     @field_validator("timezone")
     @classmethod

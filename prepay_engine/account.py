@@ -487,10 +487,21 @@ class PrepaidAccount:
     ) -> CommandOutcomeRecorded | Refused:
         """Record how a relay command ended, so the supply state follows the relay; then decide."""
         _require_aware(now, "now")
+        observed = self.with_command_outcome(command, outcome)
+        if isinstance(observed, Rejected):
+            return Refused(self, observed)
+        after, supply_updated, pending_cleared = observed
+        account, decision, commands, notifications = after._conclude(ledger, now)
+        return CommandOutcomeRecorded(
+            account, decision, commands, notifications, command, outcome, supply_updated, pending_cleared
+        )
+
+    def with_command_outcome(
+        self, command: RelayCommand, outcome: RelayOutcome
+    ) -> tuple[PrepaidAccount, bool, bool] | Rejected:
+        """The account after a command's outcome (no decision yet), whether the supply moved and the pending cleared."""
         if command.account_id != self.account_id or not 1 <= command.sequence <= self.commands_requested:
-            return Refused(
-                self, Rejected(AccountReason.UNKNOWN_COMMAND, f"{command.request_id} is not a command of this account")
-            )
+            return Rejected(AccountReason.UNKNOWN_COMMAND, f"{command.request_id} is not a command of this account")
         observed = _OBSERVED_SUPPLY.get(outcome)
         supply_updated = observed is not None and command.sequence >= self.last_observed_sequence
         pending_cleared = self.pending == command
@@ -500,10 +511,7 @@ class PrepaidAccount:
             last_observed_sequence=command.sequence if supply_updated else self.last_observed_sequence,
             pending=None if pending_cleared else self.pending,
         )
-        account, decision, commands, notifications = after._conclude(ledger, now)
-        return CommandOutcomeRecorded(
-            account, decision, commands, notifications, command, outcome, supply_updated, pending_cleared
-        )
+        return after, supply_updated, pending_cleared
 
     def set_flags(self, ledger: Ledger, *, protected: bool, keep_supply: bool, now: datetime) -> Decided:
         """Set the protected-customer and keep-supply (保电) flags, then decide."""

@@ -27,7 +27,7 @@ from headend.engine.account_rows import (
 )
 from headend.engine.catalog import Catalog
 from headend.engine.outbox import write_requests
-from prepay_engine.account import Decided, PrepaidAccount
+from prepay_engine.account import Decided, PrepaidAccount, RelayAction, RelayCommand, RelayOutcome
 from prepay_engine.ledger import (
     CUSTOMER_ID_PATTERN,
     Conflict,
@@ -46,6 +46,7 @@ from prepay_engine.payments import (
     TopUp,
     TopUpReversal,
 )
+from prepay_engine.policy import Disconnect, DisconnectDeferred, Reconnect
 from prepay_engine.usage import DEFAULT_REGISTER_STEP_WH, MeterRegister, open_usage
 
 Connection = psycopg.Connection[Any]
@@ -100,16 +101,7 @@ def _save(cur: Cursor, account: PrepaidAccount, wake_at: datetime | None) -> Non
 
 
 def _decide(cur: Cursor, account: PrepaidAccount, now: datetime, actor: str) -> Decided:
-    cur.execute(
-        "SELECT account_id, balance_fen FROM ledger_accounts WHERE account_id = ANY(%s)",
-        ([prepaid_account_id(account.account_id), emergency_credit_account_id(account.account_id)],),
-    )
-    balances = {r["account_id"]: int(r["balance_fen"]) for r in cur.fetchall()}
-    step = account.decide_at(
-        balances[prepaid_account_id(account.account_id)],
-        balances[emergency_credit_account_id(account.account_id)],
-        now,
-    )
+    step = account.decide_at(*_balances(cur, account.account_id), now)
     write_requests(cur, step.notifications, step.commands, requested_by=actor)
     _save(cur, step.account, step.wake_at)
     return step
@@ -336,3 +328,63 @@ def reverse_payment(conn: Connection, catalog: Catalog, request: TopUpReversal, 
         if not isinstance(outcome, Reversed):
             return PaymentResult(outcome, None)
         return PaymentResult(outcome, _decide(cur, account, now, f"reversal:{request.channel}"))
+
+
+@dataclass(frozen=True, slots=True)
+class SendCheck:
+    """The send-time re-check of an account's relay command: send it or not, why, and the inputs judged."""
+
+    send: bool
+    detail: str
+    inputs: dict[str, Any]
+
+
+def recheck_before_send(cur: Cursor, catalog: Catalog, command: RelayCommand, now: datetime) -> SendCheck:
+    """Lock the account and judge its command again now: still its pending one; a disconnect still decided."""
+    row = _lock(cur, command.account_id)
+    account = _load(cur, catalog, row)
+    balance_fen, emergency_fen = _balances(cur, account.account_id)
+    inputs: dict[str, Any] = {
+        "account_version": int(row["version"]),
+        "balance_fen": balance_fen,
+        "emergency_credit_outstanding_fen": emergency_fen,
+        "supply": str(account.supply),
+        "protected": account.protected,
+        "keep_supply": account.keep_supply,
+        "checked_at": now.isoformat(),
+    }
+    if account.pending != command:
+        return SendCheck(False, "no longer the account's pending command", inputs)
+    if command.action is not RelayAction.DISCONNECT:
+        return SendCheck(True, "the account's pending reconnect", inputs)
+    decision = replace(account, pending=None).decide_at(balance_fen, emergency_fen, now).decision
+    if decision.of(Disconnect):
+        reasons = decision.of(Disconnect)[0].reasons
+        inputs["reasons"] = [{"code": str(r.code), "text": r.text} for r in reasons]
+        return SendCheck(True, "; ".join(r.text for r in reasons), inputs)
+    why = [r for a in decision.actions if isinstance(a, DisconnectDeferred | Reconnect) for r in a.reasons]
+    why = why or list(decision.notes)
+    inputs["reasons"] = [{"code": str(r.code), "text": r.text} for r in why]
+    return SendCheck(False, "the policy no longer disconnects: " + "; ".join(r.text for r in why), inputs)
+
+
+def record_relay_outcome(
+    cur: Cursor, catalog: Catalog, command: RelayCommand, outcome: RelayOutcome, now: datetime, actor: str
+) -> bool:
+    """Let the account's supply follow the relay, then decide (in the caller's transaction); True if it moved."""
+    account = _load(cur, catalog, _lock(cur, command.account_id))
+    observed = account.with_command_outcome(command, outcome)
+    if isinstance(observed, Rejected):
+        raise AccountError(observed.detail)
+    after, supply_updated, _ = observed
+    _decide(cur, after, now, actor)
+    return supply_updated
+
+
+def _balances(cur: Cursor, account_id: str) -> tuple[int, int]:
+    cur.execute(
+        "SELECT account_id, balance_fen FROM ledger_accounts WHERE account_id = ANY(%s)",
+        ([prepaid_account_id(account_id), emergency_credit_account_id(account_id)],),
+    )
+    balances = {r["account_id"]: int(r["balance_fen"]) for r in cur.fetchall()}
+    return balances[prepaid_account_id(account_id)], balances[emergency_credit_account_id(account_id)]

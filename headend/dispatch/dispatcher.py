@@ -1,0 +1,363 @@
+"""The command dispatcher: takes relay requests from the outbox, sends them safely, follows meters' answers.
+
+Each command moves in a transaction of its own that holds its row lock and, for an account's command, the
+account's row lock while the send-time check runs and the command is published: a payment that commits first
+is seen by the check (the disconnect is cancelled), one that commits after finds the command sent. The audit
+record of a send is committed (on a second, autocommit connection) before the command leaves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.rows import dict_row
+
+from headend.dispatch import store
+from headend.dispatch.lifecycle import (
+    OPEN_STATES,
+    AlarmKind,
+    CommandState,
+    RetryPolicy,
+    expected_relay,
+    interpret_answer,
+)
+from headend.dispatch.mqtt_transport import SendError
+from headend.engine.accounts import recheck_before_send, record_relay_outcome
+from headend.engine.catalog import Catalog
+from prepay_engine.account import RelayOutcome
+from protocols.errors import ProtocolError
+from protocols.mqtt_topics import parse_topic
+from protocols.readings import RelayState
+from protocols.relay_codec import EventCause, MeterEvent, RelayAction, RelayCommandMessage, decode_event
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg.Connection[Any]
+Cursor = store.Cursor
+DISPATCHER_ACTOR = "dispatcher"
+
+
+class CommandSender(Protocol):
+    """A transport's executor: hands one command to the meter or its concentrator; the address used."""
+
+    def send(self, message: RelayCommandMessage, concentrator_id: str | None) -> str:
+        """Send, or raise SendError when nothing is known to have left."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchConfig:
+    """How long commands live, how they are retried, and the storm limit on disconnects."""
+
+    command_ttl: timedelta = timedelta(minutes=10)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    storm_limit: int = 500  # disconnects first sent within `storm_window`; beyond it they wait for approval
+    storm_window: timedelta = timedelta(minutes=10)
+    batch: int = 200
+
+
+@dataclass(slots=True)
+class DispatchStats:
+    """What a dispatcher step did."""
+
+    taken: int = 0
+    sent: int = 0
+    held: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    events: int = 0
+    rejected_events: int = 0
+
+
+class Dispatcher:
+    """Moves commands through their lifecycle; call `step` in a loop and `handle_event` for each meter event."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        audit_conn: Connection,
+        sender: CommandSender,
+        *,
+        config: DispatchConfig | None = None,
+        catalog: Catalog | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        assert audit_conn.autocommit, "send audit records must be durable before the send"
+        self._conn = conn
+        self._audit_conn = audit_conn
+        self._sender = sender
+        self._config = config or DispatchConfig()
+        self._catalog = catalog or Catalog()
+        self._clock = clock
+        self._since: datetime | None = None  # first intake looks at the whole outbox
+
+    def step(self) -> DispatchStats:
+        """Take new requests, then advance every due command once."""
+        stats = DispatchStats()
+        now = self._clock()
+        with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+            self._catalog.refresh(self._conn)
+            stats.taken = len(store.take_requests(cur, now, self._config.command_ttl, self._since))
+        # outbox rows are stamped when their transaction began; a long charging batch commits later
+        self._since = now - timedelta(minutes=15)
+        for command_id in store.due_command_ids(self._conn, now, self._config.batch):
+            self._advance(command_id, stats)
+        return stats
+
+    def _advance(self, command_id: str, stats: DispatchStats) -> None:
+        now = self._clock()
+        with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+            command = store.lock_command(cur, command_id, skip_locked=True)
+            if command is None or command.state not in (CommandState.CREATED, CommandState.SENT):
+                return
+            if command.next_attempt_at is None or command.next_attempt_at > now:
+                return
+            if now >= command.expires_at:
+                self._expire(cur, command, now)
+                stats.expired += 1
+                return
+            inputs: dict[str, Any] = {}
+            if command.state is CommandState.CREATED:
+                account_command = command.account_command
+                if account_command is not None:
+                    check = recheck_before_send(cur, self._catalog, account_command, now)
+                    if not check.send:
+                        store.move(
+                            cur,
+                            command,
+                            CommandState.CANCELLED,
+                            now,
+                            actor=DISPATCHER_ACTOR,
+                            detail=check.detail,
+                            inputs=check.inputs,
+                        )
+                        record_relay_outcome(
+                            cur, self._catalog, account_command, RelayOutcome.FAILED, now, DISPATCHER_ACTOR
+                        )
+                        stats.cancelled += 1
+                        return
+                    inputs = check.inputs
+                if self._hold(cur, command, now):
+                    stats.held += 1
+                    return
+            if self._send(cur, command, now, inputs):
+                stats.sent += 1
+
+    def _hold(self, cur: Cursor, command: store.Command, now: datetime) -> bool:
+        if command.action is not RelayAction.DISCONNECT or command.approved_by is not None:
+            return False
+        alarm = store.open_alarm_id(cur, command.meter_id)
+        if alarm is not None:
+            why = f"meter {command.meter_id} has unresolved relay alarm {alarm}: an operator must approve"
+        else:
+            sent = store.disconnects_sent_since(cur, now - self._config.storm_window)
+            if sent < self._config.storm_limit:
+                return False
+            why = (
+                f"storm limit: {sent} disconnects sent in the last {self._config.storm_window} "
+                f"(limit {self._config.storm_limit}): an operator must approve"
+            )
+        store.move(cur, command, CommandState.HELD, now, actor=DISPATCHER_ACTOR, detail=why)
+        return True
+
+    def _send(self, cur: Cursor, command: store.Command, now: datetime, inputs: dict[str, Any]) -> bool:
+        attempt = command.attempts + 1
+        via = f"concentrator {command.concentrator_id}" if command.concentrator_id else "the meter's topic"
+        detail = f"attempt {attempt} via {via}"
+        with self._audit_conn.cursor(row_factory=dict_row) as audit_cur:
+            store.audit(
+                audit_cur,
+                command.command_id,
+                now,
+                command.state,
+                CommandState.SENT,
+                DISPATCHER_ACTOR,
+                f"sending {detail}",
+                inputs,
+            )
+        message = RelayCommandMessage(
+            command.command_id, command.action, command.meter_id, command.issued_at, command.expires_at
+        )
+        try:
+            self._sender.send(message, command.concentrator_id)
+        except SendError as exc:
+            with self._audit_conn.cursor(row_factory=dict_row) as audit_cur:
+                store.audit(
+                    audit_cur,
+                    command.command_id,
+                    now,
+                    command.state,
+                    command.state,
+                    DISPATCHER_ACTOR,
+                    f"not sent: {exc}",
+                    {},
+                )
+            cur.execute(
+                "UPDATE commands SET next_attempt_at = %s WHERE command_id = %s",
+                (self._config.retry.next_attempt_at(now, max(attempt, 1)), command.command_id),
+            )
+            log.warning("%s not sent: %s", command.command_id, exc)
+            return False
+        store.move(
+            cur,
+            command,
+            CommandState.SENT,
+            now,
+            actor=DISPATCHER_ACTOR,
+            detail=f"sent {detail}",
+            audited=True,
+            attempts=attempt,
+            sent_at=command.sent_at or now,
+            next_attempt_at=min(self._config.retry.next_attempt_at(now, attempt), command.expires_at),
+        )
+        return True
+
+    def _expire(self, cur: Cursor, command: store.Command, now: datetime) -> None:
+        store.move(
+            cur,
+            command,
+            CommandState.EXPIRED,
+            now,
+            actor=DISPATCHER_ACTOR,
+            detail=f"no answer by {command.expires_at.isoformat()} after {command.attempts} attempt(s): "
+            "nothing is known to have happened",
+        )
+        account_command = command.account_command
+        if account_command is not None:
+            record_relay_outcome(cur, self._catalog, account_command, RelayOutcome.FAILED, now, DISPATCHER_ACTOR)
+
+    # --- meter events ----------------------------------------------------------------------------------------
+
+    def handle_event(self, topic: str, payload: bytes) -> bool:
+        """Apply one meter event in a transaction; False when it was refused (recorded as a dead letter)."""
+        now = self._clock()
+        try:
+            event = decode_event(parse_topic(topic), payload)
+        except ProtocolError as exc:
+            self._dead_letter(topic, payload, exc.reason, now)
+            return False
+        with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+            if event.command_id is None:
+                store.note_relay(
+                    cur, event.meter_id, event.relay, event.ready_for_reconnection, event.ts, now, str(event.cause)
+                )
+                self._spontaneous(cur, event, now)
+                return True
+            command = store.lock_command(cur, event.command_id)
+            if command is None or command.meter_id != event.meter_id:
+                reason = f"answer to unknown command {event.command_id} of meter {event.meter_id}"
+            else:
+                store.note_relay(
+                    cur, event.meter_id, event.relay, event.ready_for_reconnection, event.ts, now, command.command_id
+                )
+                self._answer(cur, command, event, now)
+                return True
+        self._dead_letter(topic, payload, reason, now)
+        return False
+
+    def _answer(self, cur: Cursor, command: store.Command, event: MeterEvent, now: datetime) -> None:
+        answer = interpret_answer(command.action, command.reconnect_mode, event)
+        stamp = {"meter_ts": event.ts.isoformat(), "result": str(event.result), "relay": str(event.relay)}
+        if command.state in OPEN_STATES and command.state is not CommandState.HELD:
+            if answer.state is CommandState.CONFIRMED and command.state is not CommandState.ACKNOWLEDGED:
+                command = store.move(
+                    cur,
+                    command,
+                    CommandState.ACKNOWLEDGED,
+                    now,
+                    actor=f"meter:{event.meter_id}",
+                    detail="executed",
+                    inputs=stamp,
+                    acknowledged_at=now,
+                )
+            store.move(
+                cur,
+                command,
+                answer.state,
+                now,
+                actor=f"meter:{event.meter_id}",
+                detail=answer.detail,
+                inputs=stamp,
+                relay=str(event.relay),
+            )
+        else:
+            # a late answer (expired, superseded, cancelled): the relay's position still counts
+            store.audit(
+                cur,
+                command.command_id,
+                now,
+                command.state,
+                command.state,
+                f"meter:{event.meter_id}",
+                f"late answer: {answer.detail}",
+                stamp,
+            )
+        if answer.alarm is not None:
+            store.raise_alarm(cur, command.meter_id, command.command_id, answer.alarm, event.relay, answer.detail, now)
+        account_command = command.account_command
+        if account_command is not None and answer.outcome is not None:
+            record_relay_outcome(cur, self._catalog, account_command, answer.outcome, now, f"meter:{event.meter_id}")
+        elif command.action is RelayAction.READ_RELAY:
+            self._check_position(cur, event, command.command_id, now)
+
+    def _spontaneous(self, cur: Cursor, event: MeterEvent, now: datetime) -> None:
+        cur.execute(
+            "SELECT account_id, supply, last_observed_sequence FROM prepaid_accounts WHERE meter_id = %s FOR UPDATE",
+            (event.meter_id,),
+        )
+        account = cur.fetchone()
+        if account is None:
+            return
+        if (
+            account["supply"] == "reconnect_allowed"
+            and event.relay is RelayState.CLOSED
+            and event.cause is EventCause.BUTTON_PRESSED
+        ):
+            cur.execute(
+                f"SELECT {', '.join(store.COMMAND_COLUMNS)} FROM commands WHERE account_id = %s AND sequence = %s",
+                (account["account_id"], account["last_observed_sequence"]),
+            )
+            row = cur.fetchone()
+            reconnect = None if row is None else store.command_from_row(row).account_command
+            if reconnect is not None:
+                record_relay_outcome(
+                    cur, self._catalog, reconnect, RelayOutcome.CONFIRMED_CLOSED, now, f"meter:{event.meter_id}"
+                )
+                return
+        self._check_position(cur, event, None, now, supply=str(account["supply"]))
+
+    def _check_position(
+        self, cur: Cursor, event: MeterEvent, command_id: str | None, now: datetime, supply: str | None = None
+    ) -> None:
+        if supply is None:
+            cur.execute("SELECT supply FROM prepaid_accounts WHERE meter_id = %s", (event.meter_id,))
+            row = cur.fetchone()
+            if row is None:
+                return
+            supply = str(row["supply"])
+        expected = expected_relay(supply)
+        if expected is not None and expected is not event.relay:
+            store.raise_alarm(
+                cur,
+                event.meter_id,
+                command_id,
+                AlarmKind.UNEXPECTED_RELAY_CHANGE,
+                event.relay,
+                f"relay {event.relay} but the account's supply is {supply}"
+                + (f" ({event.cause})" if event.cause else ""),
+                now,
+            )
+
+    def _dead_letter(self, topic: str, payload: bytes, reason: str, now: datetime) -> None:
+        log.warning("refused event on %s: %s", topic, reason)
+        self._audit_conn.execute(
+            "INSERT INTO dead_letters (received_at, source, topic, payload, reason, payload_sha256) "
+            "VALUES (%s, 'dispatch', %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (now, topic, payload, reason, hashlib.sha256(payload).digest()),
+        )

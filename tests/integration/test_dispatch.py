@@ -1,0 +1,326 @@
+"""The prepaid loop end to end: engine → command outbox → dispatcher → real Mosquitto → simulated meters → back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from headend.dispatch import store
+from headend.dispatch.dispatcher import DispatchConfig, Dispatcher
+from headend.dispatch.lifecycle import CommandState, RetryPolicy
+from headend.dispatch.mqtt_transport import MqttTransport
+from headend.dispatch.operations import approve
+from headend.engine.accounts import open_account, pay
+from headend.engine.catalog import Catalog
+from headend.engine.runner import EngineRunner
+from headend.settings import Settings
+from prepay_engine.payments import TopUp
+from prepay_engine.tariffs import SHANGHAI
+from protocols.readings import RelayState
+from simulators.command_responder import CommandResponder
+from simulators.fleet import Fleet, SimMeter
+from simulators.load_shapes import MeterKind
+from simulators.publisher import BrokerConfig
+from simulators.relay_sim import RelayFault
+from tests.integration.conftest import MQTT_HOST, MQTT_PORT, count, register
+from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, series, store_readings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+Conn = psycopg.Connection[Any]
+STEP = timedelta(minutes=15)
+ENGINE_NOW = DAY_START + timedelta(days=1, hours=2)
+FAST = DispatchConfig(command_ttl=timedelta(seconds=4), retry=RetryPolicy(0.5, 1.0), storm_limit=100)
+
+
+@dataclass
+class Loop:
+    """The engine, the dispatcher on the real broker and a simulated fleet, for one test."""
+
+    conn: Conn
+    catalog: Catalog
+    dispatcher: Dispatcher
+    transport: MqttTransport
+    responder: CommandResponder
+    prefix: str
+
+    def meter(self, n: int) -> str:
+        return f"{self.prefix}m{n}"
+
+    def account(self, n: int) -> str:
+        return f"{self.prefix}a{n}"
+
+    def run_engine(self) -> None:
+        EngineRunner(self.conn, 600.0, 100, clock=lambda: ENGINE_NOW, catalog=self.catalog).sweep()
+
+    def pump(self) -> None:
+        """Handle the events received so far, then one dispatcher step."""
+        for message in self.transport.events(0.05):
+            self.dispatcher.handle_event(message.topic, bytes(message.payload))
+            self.transport.ack(message)
+        self.dispatcher.step()
+
+    def until(self, condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.pump()
+            if condition():
+                return
+        pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+
+    def commands(self, account_id: str) -> list[tuple[str, str, str]]:
+        rows = self.conn.execute(
+            "SELECT command_id, action, state FROM commands WHERE account_id = %s ORDER BY sequence", (account_id,)
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
+
+    def requests(self, account_id: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT request_id FROM command_requests WHERE account_id = %s ORDER BY sequence", (account_id,)
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def supply(self, account_id: str) -> str:
+        row = self.conn.execute("SELECT supply FROM prepaid_accounts WHERE account_id = %s", (account_id,)).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def exhaust(self, n: int) -> None:
+        """Open account n on meter n and feed it a day of heavy use: its balance runs out, a disconnect is due."""
+        register(self.conn, [self.meter(n)])
+        open_account(
+            self.conn,
+            self.catalog,
+            self.account(n),
+            meter_id=self.meter(n),
+            tariff_code=TARIFF.code,
+            policy_code=STRICT_POLICY.name,
+            opened_at=DAY_START,
+            opening_register_wh=1_000_000,
+            zone=SHANGHAI,
+        )
+        store_readings(self.conn, series(self.meter(n), DAY_START + STEP, 16, STEP, 1_000_500, 500))
+        self.run_engine()
+
+
+def _settings(database_url: str, prefix: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        mqtt_host=MQTT_HOST,
+        mqtt_port=MQTT_PORT,
+        dispatch_client_id=f"test-dispatch-{prefix}",
+        mqtt_shared_group=None,
+    )
+
+
+@pytest.fixture
+def loop_for(database_url: str) -> Iterator[Callable[..., Loop]]:
+    """Build the loop for meters 1..n with per-meter faults and reconnect modes."""
+    prefix = f"d{uuid.uuid4().hex[:6]}"
+    stack: list[Any] = []
+
+    def make(
+        meters: int = 1,
+        *,
+        faults: dict[int, RelayFault] | None = None,
+        allowed: tuple[int, ...] = (),
+        config: DispatchConfig = FAST,
+    ) -> Loop:
+        conn = psycopg.connect(database_url, autocommit=True)
+        audit_conn = psycopg.connect(database_url, autocommit=True)
+        stack.extend([conn, audit_conn])
+        catalog = seed_catalog(conn)
+        fleet = Fleet(
+            tuple(
+                SimMeter(
+                    f"{prefix}m{n}",
+                    None,
+                    "test",
+                    "SIM-1",
+                    MeterKind.RESIDENTIAL,
+                    1_000_000,
+                    reconnect_mode="allowed" if n in allowed else "direct",
+                )
+                for n in range(1, meters + 1)
+            ),
+            (),
+            seed=7,
+        )
+        responder = CommandResponder(
+            fleet,
+            BrokerConfig(host=MQTT_HOST, port=MQTT_PORT),
+            faults={f"{prefix}m{n}": f for n, f in (faults or {}).items()},
+            delay_s=(0.05, 0.2),
+        )
+        responder.start()
+        stack.append(responder)
+        transport = MqttTransport(_settings(database_url, prefix), f"test-dispatch-{prefix}").__enter__()
+        stack.append(transport)
+        assert transport.wait_subscribed(10)
+        dispatcher = Dispatcher(conn, audit_conn, transport, config=config, catalog=catalog)
+        return Loop(conn, catalog, dispatcher, transport, responder, prefix)
+
+    yield make
+    for item in reversed(stack):
+        if isinstance(item, CommandResponder):
+            item.stop()
+        elif isinstance(item, MqttTransport):
+            item.__exit__(None, None, None)
+        else:
+            item.close()
+
+
+def _states(trail: list[dict[str, Any]]) -> list[str]:
+    return [str(e["to_state"]) for e in trail]
+
+
+def test_an_exhausted_balance_disconnects_the_meter_and_the_relay_confirms_it(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for()
+    loop.exhaust(1)
+    [command_id] = loop.requests(loop.account(1))
+    assert command_id.endswith(":disconnect")
+    loop.until(lambda: loop.commands(loop.account(1))[0][2] == "confirmed", "the disconnect confirmed")
+    assert loop.responder.relay(loop.meter(1)) is RelayState.OPEN
+    assert loop.supply(loop.account(1)) == "disconnected"
+    trail = store.history(loop.conn, command_id)
+    assert _states(trail) == ["created", "sent", "acknowledged", "confirmed"]
+    # the audit record of the send carries the balance it was judged on, and the policy's reasons
+    sent = trail[1]["inputs"]
+    assert sent["balance_fen"] < 0
+    assert sent["reasons"]
+    assert trail[0]["inputs"]["reasons"]
+    relay = loop.conn.execute("SELECT relay FROM meter_relays WHERE meter_id = %s", (loop.meter(1),)).fetchone()
+    assert relay == ("open",)
+
+
+def test_a_payment_while_the_disconnect_is_pending_keeps_the_lights_on(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for()
+    loop.exhaust(1)
+    [disconnect_id] = loop.requests(loop.account(1))  # in the outbox, not taken by the dispatcher yet
+    pay(
+        loop.conn,
+        loop.catalog,
+        TopUp("wechat", f"WX-{loop.prefix}", loop.account(1), 50_000, datetime.now(UTC)),
+        now=datetime.now(UTC),
+        received_by="test",
+    )
+    loop.until(
+        lambda: [c[2] for c in loop.commands(loop.account(1))] == ["superseded", "confirmed"],
+        "the disconnect superseded and the reconnect confirmed",
+    )
+    assert loop.responder.status(loop.meter(1)).relay is RelayState.CLOSED
+    assert loop.responder.counts.commands_received == 1  # the reconnect only: the disconnect never left
+    assert _states(store.history(loop.conn, disconnect_id)) == ["created", "superseded"]
+    assert loop.supply(loop.account(1)) == "connected"
+
+
+def test_a_disconnect_whose_account_paid_before_the_send_is_cancelled_by_the_recheck(
+    loop_for: Callable[..., Loop],
+) -> None:
+    loop = loop_for()
+    loop.exhaust(1)
+    loop.conn.execute("UPDATE prepaid_accounts SET keep_supply = true WHERE account_id = %s", (loop.account(1),))
+    loop.until(lambda: loop.commands(loop.account(1))[0][2] == "cancelled", "the disconnect cancelled at send time")
+    assert loop.responder.counts.commands_received == 0
+    trail = store.history(loop.conn, loop.commands(loop.account(1))[0][0])
+    assert "keep-supply" in trail[-1]["detail"]
+    assert loop.supply(loop.account(1)) == "connected"
+    assert count(loop.conn, "SELECT count(*) FROM prepaid_accounts WHERE pending_command IS NOT NULL") == 0
+
+
+def test_a_payment_after_the_disconnect_reconnects_and_the_relay_confirms_it(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for()
+    loop.exhaust(1)
+    loop.until(lambda: loop.supply(loop.account(1)) == "disconnected", "the disconnect")
+    pay(
+        loop.conn,
+        loop.catalog,
+        TopUp("alipay", f"AP-{loop.prefix}", loop.account(1), 50_000, datetime.now(UTC)),
+        now=datetime.now(UTC),
+        received_by="test",
+    )
+    loop.until(lambda: loop.supply(loop.account(1)) == "connected", "the reconnect confirmed")
+    assert [c[1:] for c in loop.commands(loop.account(1))] == [
+        ("disconnect", "confirmed"),
+        ("reconnect", "confirmed"),
+    ]
+    assert loop.responder.relay(loop.meter(1)) is RelayState.CLOSED
+
+
+def test_a_stuck_relay_fails_the_command_and_raises_an_alarm(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for(faults={1: RelayFault.STUCK})
+    loop.exhaust(1)
+    loop.until(lambda: loop.commands(loop.account(1))[0][2] == "failed", "the disconnect failed")
+    alarms = loop.conn.execute("SELECT kind, relay FROM relay_alarms WHERE meter_id = %s", (loop.meter(1),)).fetchall()
+    assert [tuple(a) for a in alarms] == [("relay_mismatch", "closed")]
+    assert loop.supply(loop.account(1)) == "connected"  # never recorded as disconnected
+    # the account decides again; its next disconnect waits for an operator while the alarm is open
+    loop.until(lambda: [c[2] for c in loop.commands(loop.account(1))][-1:] == ["held"], "the next disconnect held")
+    held = loop.commands(loop.account(1))[-1][0]
+    assert "unresolved relay alarm" in store.history(loop.conn, held)[-1]["detail"]
+
+
+def test_an_offline_meter_expires_the_command_and_is_never_recorded_as_disconnected(
+    loop_for: Callable[..., Loop],
+) -> None:
+    loop = loop_for(faults={1: RelayFault.OFFLINE})
+    loop.exhaust(1)
+    first = loop.requests(loop.account(1))[0]
+    loop.until(lambda: loop.commands(loop.account(1))[0][2] == "expired", "the disconnect expired", timeout_s=15)
+    trail = store.history(loop.conn, first)
+    assert _states(trail)[0] == "created"
+    assert _states(trail)[-1] == "expired"
+    assert _states(trail).count("sent") >= 2  # resent with backoff before the deadline
+    assert loop.supply(loop.account(1)) == "connected"
+
+
+def test_a_reconnect_allowed_meter_arms_and_closes_when_the_customer_presses(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for(allowed=(1,))
+    loop.exhaust(1)
+    loop.conn.execute("UPDATE meters SET reconnect_mode = 'allowed' WHERE meter_id = %s", (loop.meter(1),))
+    loop.until(lambda: loop.supply(loop.account(1)) == "disconnected", "the disconnect")
+    pay(
+        loop.conn,
+        loop.catalog,
+        TopUp("wechat", f"WX-{loop.prefix}", loop.account(1), 50_000, datetime.now(UTC)),
+        now=datetime.now(UTC),
+        received_by="test",
+    )
+    loop.until(lambda: loop.supply(loop.account(1)) == "reconnect_allowed", "the meter armed")
+    assert loop.responder.relay(loop.meter(1)) is RelayState.OPEN
+    assert loop.responder.press_button(loop.meter(1))
+    loop.until(lambda: loop.supply(loop.account(1)) == "connected", "the button press reported")
+    assert count(loop.conn, "SELECT count(*) FROM relay_alarms") == 0
+
+
+def test_a_disconnect_storm_waits_for_an_operator(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for(3, config=DispatchConfig(command_ttl=timedelta(seconds=30), storm_limit=2))
+    for n in (1, 2, 3):
+        loop.exhaust(n)
+    loop.until(
+        lambda: sorted(loop.commands(loop.account(n))[0][2] for n in (1, 2, 3)) == ["confirmed", "confirmed", "held"],
+        "two disconnects sent, the third held",
+    )
+    [held] = [loop.commands(loop.account(n))[0][0] for n in (1, 2, 3) if loop.commands(loop.account(n))[0][2] == "held"]
+    assert "storm limit" in store.history(loop.conn, held)[-1]["detail"]
+    approve(loop.conn, held, by="operator-1", now=datetime.now(UTC))
+    loop.until(lambda: store.get_command(loop.conn, held).state is CommandState.CONFIRMED, "the approved one")  # type: ignore[union-attr]
+
+
+def test_an_undecodable_or_unknown_event_is_kept_as_a_dead_letter(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for()
+    assert not loop.dispatcher.handle_event(f"meters/{loop.meter(1)}/events", b'{"relay": "ajar"}')
+    assert not loop.dispatcher.handle_event(
+        f"meters/{loop.meter(1)}/events",
+        b'{"command_id": "nope", "result": "executed", "relay": "open", "ts": "2026-11-22T08:00:00+00:00"}',
+    )
+    reasons = [r[0] for r in loop.conn.execute("SELECT reason FROM dead_letters WHERE source = 'dispatch'")]
+    assert len(reasons) == 2
+    assert "unknown command" in reasons[1]
