@@ -316,7 +316,12 @@ def engine_command(
     """Charge newly committed readings and apply the disconnect policy until stopped (SIGTERM/SIGINT)."""
     settings = _settings()
     with database_url(settings) as url, connect_database(url) as conn, stop_on_signals() as stop:
-        runner = EngineRunner(conn, settings.engine_lateness_s, settings.engine_batch_accounts)
+        runner = EngineRunner(
+            conn,
+            settings.engine_lateness_s,
+            settings.engine_batch_accounts,
+            eager_on_grid=settings.engine_eager_on_grid,
+        )
         stats = runner.sweep() if once else runner.run(stop, settings.engine_poll_s)
     typer.echo(
         f"stopped: {stats.accounts} accounts, {stats.charges} interval charges, {stats.postings} postings "

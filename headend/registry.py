@@ -15,9 +15,10 @@ from headend.db.models import DEFAULT_REGISTER_MAX_WH
 from protocols.readings import is_valid_id
 
 REQUIRED_COLUMNS = ("meter_id", "protocol", "concentrator_id", "region")
-OPTIONAL_COLUMNS = ("model", "multiplier", "status", "register_max_wh", "installed_on")
+OPTIONAL_COLUMNS = ("model", "multiplier", "status", "register_max_wh", "installed_on", "reconnect_mode")
 PROTOCOLS = ("mqtt", "modbus")
 STATUSES = ("active", "inactive", "removed")
+RECONNECT_MODES = ("direct", "allowed")  # allowed: 合闸允许, the customer closes the relay with the button
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,7 @@ class MeterRow:
     status: str
     register_max_wh: int | None
     installed_on: date | None = None
+    reconnect_mode: str = "direct"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,9 @@ def parse_row(record: dict[str, str]) -> MeterRow:
         installed_on = date.fromisoformat(installed) if installed else None
     except ValueError:
         raise ValueError(f"installed_on {installed!r} is not a date YYYY-MM-DD") from None
+    reconnect_mode = get.get("reconnect_mode") or "direct"
+    if reconnect_mode not in RECONNECT_MODES:
+        raise ValueError(f"reconnect_mode {reconnect_mode!r} is not one of {', '.join(RECONNECT_MODES)}")
     return MeterRow(
         meter_id=meter_id,
         protocol=protocol,
@@ -103,6 +108,7 @@ def parse_row(record: dict[str, str]) -> MeterRow:
         status=status,
         register_max_wh=_positive_int(register_max, "register_max_wh") if register_max else None,
         installed_on=installed_on,
+        reconnect_mode=reconnect_mode,
     )
 
 
@@ -160,11 +166,12 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
     with conn.transaction():
         conn.execute(
             "CREATE TEMP TABLE import_meters (meter_id text, protocol text, concentrator_id text, region text, "
-            "model text, multiplier int, status text, register_max_wh bigint, installed_on date) ON COMMIT DROP"
+            "model text, multiplier int, status text, register_max_wh bigint, installed_on date, reconnect_mode text) "
+            "ON COMMIT DROP"
         )
         with conn.cursor().copy(
             "COPY import_meters (meter_id, protocol, concentrator_id, region, model, multiplier, status, "
-            "register_max_wh, installed_on) FROM STDIN"
+            "register_max_wh, installed_on, reconnect_mode) FROM STDIN"
         ) as copy:
             for r in rows:
                 copy.write_row(
@@ -178,6 +185,7 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
                         r.status,
                         r.register_max_wh,
                         r.installed_on,
+                        r.reconnect_mode,
                     )
                 )
         created_dcus = conn.execute(
@@ -190,20 +198,21 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
             """
             WITH up AS (
                 INSERT INTO meters AS m (meter_id, protocol, concentrator_id, region, model, multiplier, status,
-                                         register_max_wh, installed_on)
+                                         register_max_wh, installed_on, reconnect_mode)
                 SELECT meter_id, protocol, concentrator_id, region, model, multiplier, status,
-                       coalesce(register_max_wh, %(default_register_max_wh)s), installed_on
+                       coalesce(register_max_wh, %(default_register_max_wh)s), installed_on, reconnect_mode
                 FROM import_meters ORDER BY meter_id
                 ON CONFLICT (meter_id) DO UPDATE SET
                     protocol = excluded.protocol, concentrator_id = excluded.concentrator_id,
                     region = excluded.region, model = excluded.model, multiplier = excluded.multiplier,
                     status = excluded.status, register_max_wh = excluded.register_max_wh,
-                    installed_on = excluded.installed_on, updated_at = now()
+                    installed_on = excluded.installed_on, reconnect_mode = excluded.reconnect_mode,
+                    updated_at = now()
                 WHERE (m.protocol, m.concentrator_id, m.region, m.model, m.multiplier, m.status, m.register_max_wh,
-                       m.installed_on)
+                       m.installed_on, m.reconnect_mode)
                       IS DISTINCT FROM (excluded.protocol, excluded.concentrator_id, excluded.region,
                                         excluded.model, excluded.multiplier, excluded.status,
-                                        excluded.register_max_wh, excluded.installed_on)
+                                        excluded.register_max_wh, excluded.installed_on, excluded.reconnect_mode)
                 RETURNING (xmax = 0) AS created
             )
             SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM up

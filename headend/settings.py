@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     )
     engine_batch_accounts: int = Field(default=2000, ge=1, le=100_000, description="accounts charged per transaction")
     engine_poll_s: float = Field(default=1.0, gt=0, description="pause between runner sweeps when nothing is due")
+    engine_eager_on_grid: bool = Field(
+        default=True,
+        description="charge a reading that closes the next on-grid interval at once, without waiting for the lateness",
+    )
     api_host: str = Field(default="127.0.0.1", description="address `headend serve` listens on")
     api_port: int = Field(default=8080, ge=1, le=65535, description="port `headend serve` listens on")
     api_pool_size: int = Field(default=10, ge=1, le=1000, description="database connections the API keeps at most")

@@ -361,10 +361,10 @@ class _Run:
             return None
         return min(candidates, key=lambda c: c[:3])[3]
 
-    def consume(self, complete_until: datetime) -> None:
+    def consume(self, complete_until: datetime, *, eager_on_grid: bool = False) -> None:
         while (event := self.next_event()) is not None:
             if isinstance(event, RegisterReading):
-                if event.ts > complete_until:
+                if event.ts > complete_until and not (eager_on_grid and self.closes_next_interval(event)):
                     return
                 self.pending_readings.remove(event)
                 del self.pending_by_key[(event.meter_id, event.ts)]
@@ -374,6 +374,17 @@ class _Run:
                     return
                 self.pending_replacements.pop(0)
                 self.consume_replacement(event)
+
+    def closes_next_interval(self, reading: RegisterReading) -> bool:
+        """Whether the reading is the current meter's, exactly one interval after an on-grid anchor."""
+        # Nothing that arrives later can change how such an interval is charged: an earlier reading inside it
+        # only splits energy within the interval (its total and its price are the same).
+        return (
+            reading.meter_id == self.meter.meter_id
+            and self.anchor_ts == self.charged_until
+            and reading.ts == self.anchor_ts + INTERVAL
+            and not any(p.at <= reading.ts for p in self.pending_replacements)
+        )
 
     def consume_reading(self, reading: RegisterReading) -> None:
         if reading.meter_id != self.meter.meter_id:
@@ -467,11 +478,19 @@ class _Run:
 
 
 def charge_usage(
-    state: UsageState, events: Iterable[UsageEvent], tariff: Tariff, *, complete_until: datetime
+    state: UsageState,
+    events: Iterable[UsageEvent],
+    tariff: Tariff,
+    *,
+    complete_until: datetime,
+    eager_on_grid: bool = False,
 ) -> UsageResult:
     """Take `events` (any order, duplicates allowed); charge every interval closed by readings up to `complete_until`.
 
-    `complete_until` promises that every reading and replacement at or before it has been delivered.
+    `complete_until` promises that every reading and replacement at or before it has been delivered. With
+    `eager_on_grid`, a reading beyond it is consumed too when it closes the very next interval after an on-grid
+    anchor (and so on, reading by reading): no later arrival could change that interval's charge, so the
+    engine need not wait for the lateness allowance before charging meters that report on the grid.
     """
     assert complete_until.utcoffset() is not None, "complete_until must be timezone-aware"
     run = _Run(state, tariff)
@@ -483,7 +502,7 @@ def charge_usage(
     for event in received:
         if isinstance(event, RegisterReading):
             run.receive_reading(event)
-    run.consume(complete_until.astimezone(UTC))
+    run.consume(complete_until.astimezone(UTC), eager_on_grid=eager_on_grid)
     after = run.state()
     charged_wh = sum(c.energy_wh for c in run.charges)
     assert after.consumed_wh - after.carried_wh == state.consumed_wh - state.carried_wh + charged_wh

@@ -51,6 +51,7 @@ class Meter(Base):
         CheckConstraint("status IN ('active', 'inactive', 'removed')", name="meters_status"),
         CheckConstraint("multiplier > 0", name="meters_multiplier"),
         CheckConstraint("register_max_wh > 0", name="meters_register_max"),
+        CheckConstraint("reconnect_mode IN ('direct', 'allowed')", name="meters_reconnect_mode"),
     )
 
     meter_id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -62,6 +63,7 @@ class Meter(Base):
     multiplier: Mapped[int] = mapped_column(Integer, server_default="1")
     register_max_wh: Mapped[int] = mapped_column(BigInteger, server_default=str(DEFAULT_REGISTER_MAX_WH))
     installed_on: Mapped[date | None] = mapped_column(Date)  # local day; expected in reports from then on
+    reconnect_mode: Mapped[str] = mapped_column(Text, server_default="direct")  # allowed: 合闸允许, button on site
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

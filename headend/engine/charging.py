@@ -58,13 +58,6 @@ Cursor = psycopg.Cursor[Any]
 
 ENGINE_ACTOR: Final = "engine"
 _ACCOUNT_SELECT: Final = ", ".join(f"a.{c}" for c in ACCOUNT_COLUMNS)
-# an account may have something to do: a reading it has not seen, a reading that became chargeable, a wake-up
-_DUE_IDS_SQL: Final = """
-    SELECT account_id FROM prepaid_accounts WHERE due_at <= %(now)s
-    UNION SELECT account_id FROM prepaid_accounts WHERE wake_at <= %(now)s
-    UNION SELECT a.account_id FROM prepaid_accounts a JOIN meter_register_state s USING (meter_id)
-        WHERE a.due_at IS NULL AND s.last_ts > a.seen_until AND a.seen_until < %(cu)s
-"""
 _STAGE_SQL: Final = f"""
     CREATE TEMP TABLE IF NOT EXISTS engine_account_stage ON COMMIT DELETE ROWS AS
     SELECT account_id, {", ".join(STATE_COLUMNS)}, seen_until, due_at, wake_at FROM prepaid_accounts WITH NO DATA
@@ -145,19 +138,11 @@ class BatchFailedError(RuntimeError):
         self.account_ids = account_ids
 
 
-def due_accounts(conn: Connection, *, now: datetime, complete_until: datetime, limit: int) -> list[str]:
-    """Ids of accounts that may have something to charge or decide, in id order (not locked)."""
-    rows = conn.execute(
-        f"{_DUE_IDS_SQL} ORDER BY 1 LIMIT %(limit)s", {"now": now, "cu": complete_until, "limit": limit}
-    ).fetchall()
-    return [str(r[0]) for r in rows]
-
-
 # one condition per row, so that a scan in id order from a cursor finds the next due accounts without
 # evaluating the whole table (a UNION of the three cases costs a pass over every account per batch)
 _DUE_ROW_SQL: Final = """
     (a.due_at <= %(now)s OR a.wake_at <= %(now)s
-     OR (a.due_at IS NULL AND a.seen_until < %(cu)s
+     OR (a.due_at IS NULL AND (a.seen_until < %(cu)s OR %(eager)s)
          AND EXISTS (SELECT 1 FROM meter_register_state s WHERE s.meter_id = a.meter_id AND s.last_ts > a.seen_until)))
 """
 
@@ -171,6 +156,7 @@ def charge_due(
     lateness_s: float,
     limit: int,
     after: str = "",
+    eager_on_grid: bool = False,
 ) -> tuple[BatchStats, list[str]]:
     """Lock up to `limit` due accounts with ids after `after` that no one else holds; charge them in one transaction.
 
@@ -184,14 +170,22 @@ def charge_due(
         cur.execute(
             f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id > %(after)s AND {_DUE_ROW_SQL} "
             "ORDER BY a.account_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-            {"now": now, "cu": complete_until, "limit": limit, "after": after},
+            {"now": now, "cu": complete_until, "limit": limit, "after": after, "eager": eager_on_grid},
         )
         rows = cur.fetchall()
         ids = [str(r["account_id"]) for r in rows]
         if not rows:
             return BatchStats(), ids
         try:
-            stats = _charge_locked(cur, catalog, rows, now=now, complete_until=complete_until, lateness_s=lateness_s)
+            stats = _charge_locked(
+                cur,
+                catalog,
+                rows,
+                now=now,
+                complete_until=complete_until,
+                lateness_s=lateness_s,
+                eager_on_grid=eager_on_grid,
+            )
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except Exception as exc:
@@ -208,6 +202,7 @@ def charge_accounts(
     complete_until: datetime,
     lateness_s: float,
     wait: bool = False,
+    eager_on_grid: bool = False,
 ) -> BatchStats:
     """Charge and decide the given accounts in one transaction; accounts locked elsewhere are skipped unless `wait`."""
     assert now.utcoffset() is not None
@@ -225,7 +220,15 @@ def charge_accounts(
         rows = cur.fetchall()
         if not rows:
             return BatchStats()
-        return _charge_locked(cur, catalog, rows, now=now, complete_until=complete_until, lateness_s=lateness_s)
+        return _charge_locked(
+            cur,
+            catalog,
+            rows,
+            now=now,
+            complete_until=complete_until,
+            lateness_s=lateness_s,
+            eager_on_grid=eager_on_grid,
+        )
 
 
 @dataclass(slots=True)
@@ -250,11 +253,13 @@ def _charge_locked(
     now: datetime,
     complete_until: datetime,
     lateness_s: float,
+    eager_on_grid: bool,
 ) -> BatchStats:
     cu = complete_until.astimezone(UTC)
     ids = [r["account_id"] for r in rows]
     history = _meter_history(cur, ids)
-    events, next_ts = _usage_events(cur, rows, history, cu)
+    # eager: readings up to now are read, those closing the next on-grid interval are charged without waiting
+    events, next_ts = _usage_events(cur, rows, history, cu, now.astimezone(UTC) if eager_on_grid else cu)
 
     works: list[_Work] = []
     idle: list[dict[str, Any]] = []
@@ -277,7 +282,16 @@ def _charge_locked(
         work = _Work(row, account)
         work.decide = wake_at is not None and wake_at <= now
         if account_events:
-            usage = charge_usage(account.usage, account_events, account.tariff, complete_until=cu)
+            usage = charge_usage(
+                account.usage, account_events, account.tariff, complete_until=cu, eager_on_grid=eager_on_grid
+            )
+            waiting = usage.state.pending_readings
+            if waiting:
+                # read again from `readings` next time (they are after the anchor); they become due with the lateness
+                next_ts[account_id] = min(
+                    [r.ts for r in waiting] + ([next_ts[account_id]] if account_id in next_ts else [])
+                )
+                usage = replace(usage, state=replace(usage.state, pending_readings=()))
             work.usage = usage
             work.account = replace(account, usage=usage.state)
             work.days = usage_day_postings(account_id, usage.charges, account.zone)
@@ -347,9 +361,13 @@ def _meter_history(cur: Cursor, account_ids: list[str]) -> dict[str, list[Accoun
 
 
 def _usage_events(
-    cur: Cursor, rows: list[dict[str, Any]], history: Mapping[str, list[AccountMeter]], cu: datetime
+    cur: Cursor,
+    rows: list[dict[str, Any]],
+    history: Mapping[str, list[AccountMeter]],
+    cu: datetime,
+    read_until: datetime,
 ) -> tuple[dict[str, list[UsageEvent]], dict[str, datetime]]:
-    """Readings and replacements after each account's anchor up to `cu`, and each account's next reading after it."""
+    """Replacements after each account's anchor up to `cu`, readings up to `read_until`, the next reading after."""
     pair_accounts: list[str] = []
     pair_meters: list[str] = []
     pair_after: list[datetime] = []
@@ -375,7 +393,7 @@ def _usage_events(
         JOIN readings r ON r.meter_id = q.meter_id AND r.ts > q.after_ts
         WHERE r.ts > %s AND r.ts <= %s
         """,
-        (pair_accounts, pair_meters, pair_after, lowest, cu),
+        (pair_accounts, pair_meters, pair_after, lowest, read_until),
     )
     for row in cur.fetchall():
         events[row["account_id"]].append(RegisterReading(row["meter_id"], row["ts"], row["energy_import_wh"]))
@@ -388,7 +406,7 @@ def _usage_events(
         ) AS n
         GROUP BY q.account_id
         """,
-        (pair_accounts, pair_meters, cu),
+        (pair_accounts, pair_meters, read_until),
     )
     next_ts = {row["account_id"]: row["next_ts"] for row in cur.fetchall()}
     return events, next_ts
@@ -581,7 +599,8 @@ def _save_accounts(
             values[6] = Jsonb(values[6])
             due_at = _due_at(next_ts, account_id, lateness_s)
             wake_at = wake[account_id] if account_id in wake else work.row["wake_at"]
-            seen_until = max(work.row["seen_until"], cu)
+            # eager charging may have consumed readings beyond `cu`: everything up to the anchor was fed
+            seen_until = max(work.row["seen_until"], cu, work.account.usage.anchor_ts)
             copy.write_row((account_id, *values, seen_until, due_at, wake_at))
     assignments = ", ".join(f"{c} = s.{c}" for c in (*STATE_COLUMNS, "seen_until", "due_at", "wake_at"))
     cur.execute(
@@ -591,4 +610,4 @@ def _save_accounts(
     assert cur.rowcount == len(works), (cur.rowcount, len(works))
 
 
-__all__ = ["BatchFailedError", "BatchStats", "charge_accounts", "charge_due", "due_accounts"]
+__all__ = ["BatchFailedError", "BatchStats", "charge_accounts", "charge_due"]

@@ -42,6 +42,7 @@ class EngineRunner:
     batch_accounts: int
     clock: Callable[[], datetime] = utc_now
     catalog: Catalog = field(default_factory=Catalog)
+    eager_on_grid: bool = False  # charge on-grid readings at once (prepay_engine.usage.charge_usage)
 
     def sweep(self, stop: threading.Event | None = None) -> BatchStats:
         """Charge every account due now that no other runner holds (until `stop`, between batches)."""
@@ -59,6 +60,7 @@ class EngineRunner:
                     lateness_s=self.lateness_s,
                     limit=self.batch_accounts,
                     after=after,
+                    eager_on_grid=self.eager_on_grid,
                 )
             except BatchFailedError as failed:
                 log.warning("a batch of %d accounts failed; isolating the cause", len(failed.account_ids))
@@ -72,7 +74,15 @@ class EngineRunner:
     def _isolate(self, ids: Sequence[str], now: datetime, cu: datetime) -> BatchStats:
         """Charge `ids` in halves until each failing account is alone; log it and retry it later."""
         try:
-            return charge_accounts(self.conn, self.catalog, ids, now=now, complete_until=cu, lateness_s=self.lateness_s)
+            return charge_accounts(
+                self.conn,
+                self.catalog,
+                ids,
+                now=now,
+                complete_until=cu,
+                lateness_s=self.lateness_s,
+                eager_on_grid=self.eager_on_grid,
+            )
         except (psycopg.OperationalError, psycopg.InterfaceError):
             raise
         except Exception:

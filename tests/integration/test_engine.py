@@ -163,6 +163,39 @@ def test_readings_within_the_lateness_window_wait_and_are_charged_later(conn: Co
     assert anchor == (cu + timedelta(minutes=1), None)
 
 
+def test_eager_runner_charges_on_grid_readings_at_once_and_waits_at_a_gap(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1"])
+    _open(conn, catalog, "a1", "m1")
+    at = DAY_START + timedelta(hours=4)
+
+    def sweep(now: datetime) -> int:
+        runner = EngineRunner(conn, LATENESS_S, 50, clock=lambda: now, catalog=catalog, eager_on_grid=True)
+        return runner.sweep().charges
+
+    def state() -> tuple[Any, ...]:
+        row = conn.execute("SELECT anchor_ts, seen_until, due_at FROM prepaid_accounts").fetchone()
+        assert row is not None
+        return tuple(row)
+
+    store_readings(conn, series("m1", DAY_START + STEP, 16, STEP, 1_000_100, 100), now=at)
+    assert sweep(at) == 16  # up to the reading stamped now, though the lateness (10 min) has not passed
+    assert state() == (at, at, None)
+    store_readings(conn, [("m1", at + STEP, 1_001_700)], now=at + STEP)
+    assert sweep(at + STEP) == 1  # the next one is due as soon as it is stored
+    # a gap: the reading after it waits for the lateness like any other
+    store_readings(conn, [("m1", at + 3 * STEP, 1_001_900)], now=at + 3 * STEP)
+    assert sweep(at + 3 * STEP) == 0
+    lateness = timedelta(seconds=LATENESS_S)
+    assert state() == (at + STEP, at + 3 * STEP - lateness, at + 3 * STEP + lateness)
+    store_readings(conn, [("m1", at + 2 * STEP, 1_001_800)], now=at + 3 * STEP)
+    assert sweep(at + 3 * STEP + lateness) == 2
+    assert state()[0] == at + 3 * STEP
+    # the same charges as a runner that waits for the lateness every time
+    charged = conn.execute("SELECT charge_id, amount_fen FROM usage_charges ORDER BY interval_start").fetchall()
+    assert len(charged) == 19
+
+
 def test_two_runners_at_once_charge_each_interval_once(database_url: str, conn: Conn) -> None:
     catalog = seed_catalog(conn)
     accounts = 60

@@ -200,3 +200,16 @@ def test_cli_unclosed_quote_in_a_large_file_exits_2_with_a_message(
     assert result.exit_code == 2
     assert f"error: {path}:" in _flat(result.stderr)
     assert count(db, "SELECT count(*) FROM meters") == 0
+
+
+def test_reconnect_mode_is_imported_and_checked(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    text = "meter_id,protocol,concentrator_id,region,reconnect_mode\nr-1,mqtt,,north,allowed\nr-2,mqtt,,north,\n"
+    parsed = read_registry_file(_write(tmp_path, text))
+    assert not parsed.errors
+    import_meters(db, parsed.rows)
+    modes = db.execute("SELECT meter_id, reconnect_mode FROM meters ORDER BY meter_id").fetchall()
+    assert [tuple(m) for m in modes] == [("r-1", "allowed"), ("r-2", "direct")]
+    bad = read_registry_file(
+        _write(tmp_path, "meter_id,protocol,concentrator_id,region,reconnect_mode\nr-3,mqtt,,n,press\n")
+    )
+    assert [str(e) for e in bad.errors] == ["line 2: reconnect_mode 'press' is not one of direct, allowed"]

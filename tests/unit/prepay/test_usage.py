@@ -309,6 +309,40 @@ def test_any_arrival_order_gives_the_same_charges(readings: list[RegisterReading
     assert charges == list(reference.charges)
 
 
+@settings(max_examples=200, deadline=None)
+@given(reading_series(), st.data())
+def test_eager_on_grid_charging_gives_the_same_charges_in_any_arrival_order(
+    readings: list[RegisterReading], data: st.DataObject
+) -> None:
+    # readings that close the next interval of an on-grid anchor are charged before the promise covers them;
+    # a reading arriving later inside such an interval is late, yet every charge is the same
+    reference = in_order(readings)
+    deliveries = data.draw(st.permutations(readings))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(deliveries)), max_size=8)))
+    batches = [deliveries[a:b] for a, b in zip([0, *cuts], [*cuts, len(deliveries)], strict=True)]
+    state = opened()
+    charges: list[IntervalCharge] = []
+    delivered: set[RegisterReading] = set()
+    for batch in batches:
+        delivered.update(batch)
+        outstanding = [r.ts for r in readings if r not in delivered]
+        complete_until = min(outstanding) - timedelta(microseconds=1) if outstanding else FAR
+        result = charge_usage(state, batch, JIANGSU, complete_until=complete_until, eager_on_grid=True)
+        assert not [a for a in result.anomalies if a.kind is not AnomalyKind.LATE]
+        charges.extend(result.charges)
+        state = result.state
+    charges.extend(charge_usage(state, [], JIANGSU, complete_until=FAR, eager_on_grid=True).charges)
+    assert charges == list(reference.charges)
+
+
+def test_eager_on_grid_charges_consecutive_grid_readings_beyond_the_promise_and_waits_at_a_gap() -> None:
+    grid = [reading(OPEN_AT + timedelta(minutes=15 * k), REGISTER_START + 100 * k) for k in (1, 2, 3, 5)]
+    result = charge_usage(opened(), grid, JIANGSU, complete_until=OPEN_AT, eager_on_grid=True)
+    assert len(result.charges) == 3  # up to the gap before the fifth interval's reading
+    assert [r.ts for r in result.state.pending_readings] == [OPEN_AT + timedelta(minutes=75)]
+    assert charge_usage(opened(), grid, JIANGSU, complete_until=OPEN_AT).charges == ()
+
+
 @settings(max_examples=150, deadline=None)
 @given(reading_series(), st.data())
 def test_eager_charging_in_any_order_charges_every_interval_exactly_once(
