@@ -34,7 +34,9 @@ Disconnect (only when the credit is exhausted)
   * Never when any of these rules forbids it. The disconnect is then `DisconnectDeferred`, listing every
     rule that applied:
       - protected customer (life support, hospital...) or keep-supply (保电): until=None, no opportunity.
-        Such accounts still get their warnings and zero-balance notice: only the disconnect is forbidden;
+        Such accounts still get their warnings and zero-balance notice: only the disconnect is forbidden. A
+        flag set while a disconnect is pending, or after the supply was cut, brings a `Reconnect` (superseding
+        the pending disconnect) although the credit is exhausted: the flag means the supply stays on;
       - notice period: the disconnect waits until the zero-balance notice of this episode is
         `notice_period` old (elapsed time). The zero-balance notice goes out in the same decision that first
         finds the credit exhausted, so that decision starts the period. A partial top-up that does not end the
@@ -49,7 +51,8 @@ Disconnect (only when the credit is exhausted)
     an ordinary working day. A weekend day inside a holiday break is both weekend and public holiday.
     weekends=True with public_holidays=True means "disconnect on working days only".
 
-Reconnect (only when in credit; never restricted by windows, flags or notices)
+Reconnect (when in credit, or when protected / keep-supply forbid the disconnect; never restricted by windows,
+flags or notices)
   * `Reconnect` whenever a disconnect is pending (it supersedes it), or the supply is disconnected and no
     reconnect is pending. A paid-up account is never left disconnected.
   * Supply `RECONNECT_ALLOWED` (合闸允许: relay open, armed, customer presses the button on site) or a pending
@@ -424,7 +427,8 @@ class Decision:
             assert snap.pending_command is not PendingCommand.DISCONNECT
             assert snap.supply is not SupplyState.DISCONNECTED or snap.pending_command is PendingCommand.RECONNECT
         if self.of(Reconnect):
-            assert not ev.credit_exhausted
+            # in credit, or a flag that forbids disconnects restores a supply cut before it was set
+            assert not ev.credit_exhausted or snap.protected or snap.keep_supply
         for deferred in self.of(DisconnectDeferred):
             assert deferred.until is None or _utc(deferred.until) > _utc(ev.now)
 
@@ -660,6 +664,16 @@ def _relay_when_in_credit(
     return None
 
 
+def _forbidding_flags(snapshot: AccountSnapshot) -> tuple[Reason, ...]:
+    """The flags that forbid cutting this customer's supply at all (and so restore it when it was cut)."""
+    reasons = []
+    if snapshot.protected:
+        reasons.append(Reason(ReasonCode.PROTECTED_CUSTOMER, "protected customer: never disconnected"))
+    if snapshot.keep_supply:
+        reasons.append(Reason(ReasonCode.KEEP_SUPPLY, "keep-supply (保电) is set: no disconnect"))
+    return tuple(reasons)
+
+
 def _relay_when_exhausted(
     config: PolicyConfig,
     snapshot: AccountSnapshot,
@@ -668,7 +682,13 @@ def _relay_when_exhausted(
     evidence: Evidence,
     calendar: WorkdayCalendar,
     notes: list[Reason],
-) -> Disconnect | DisconnectDeferred | None:
+) -> Disconnect | DisconnectDeferred | Reconnect | None:
+    forbidding = _forbidding_flags(snapshot)
+    if forbidding and snapshot.pending_command is PendingCommand.DISCONNECT:
+        superseding = Reason(ReasonCode.SUPERSEDES_PENDING_DISCONNECT, "a pending disconnect is superseded")
+        return Reconnect((*forbidding, superseding), evidence)
+    if forbidding and snapshot.supply is SupplyState.DISCONNECTED and snapshot.pending_command is None:
+        return Reconnect((*forbidding, Reason(ReasonCode.SUPPLY_DISCONNECTED, "the relay is open")), evidence)
     if snapshot.pending_command is PendingCommand.DISCONNECT:
         notes.append(Reason(ReasonCode.DISCONNECT_PENDING, "a disconnect is already pending"))
         return None

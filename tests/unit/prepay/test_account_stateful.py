@@ -577,7 +577,12 @@ class AccountMachine(RuleBasedStateMachine):
         if exhausted:
             forbidden = self._forbidding_rules(now)
             cut_already = self.supply is SupplyState.DISCONNECTED and pending is not RelayAction.RECONNECT
-            if pending is not RelayAction.DISCONNECT and not cut_already and not forbidden:
+            # protected / keep-supply: the supply stays on, so a pending or executed cut is undone
+            flagged = self.protected or self.keep_supply
+            if flagged and (pending is RelayAction.DISCONNECT or (pending is None and cut_already)):
+                expected = RelayAction.RECONNECT
+                event("a flag restores the supply")
+            elif pending is not RelayAction.DISCONNECT and not cut_already and not forbidden:
                 expected = RelayAction.DISCONNECT
             elif step.decision.of(DisconnectDeferred):
                 event(f"disconnect deferred: {', '.join(forbidden)}")

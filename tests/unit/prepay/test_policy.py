@@ -828,4 +828,28 @@ def test_a_disconnect_is_never_decided_twice(
     decision = decide(config, snapshot, data.draw(notices_st(now)), now, SH, CAL)
     assert not decision.of(Disconnect)
     assert not decision.of(DisconnectDeferred)
-    assert not decision.of(Reconnect)
+    # a flag that forbids disconnects undoes a pending or executed cut instead
+    flagged = snapshot.protected or snapshot.keep_supply
+    undone = already[1] is PendingCommand.DISCONNECT or already[0] is SupplyState.DISCONNECTED
+    assert bool(decision.of(Reconnect)) == (flagged and undone)
+
+
+def test_keep_supply_set_while_a_disconnect_is_pending_supersedes_it_with_a_reconnect() -> None:
+    config = PolicyConfig(
+        name="t",
+        warning_thresholds_fen=(1000,),
+        disconnect_threshold_fen=0,
+        notice_period=dt.timedelta(0),
+        friendly=FriendlyCreditWindows(None, None, weekends=False, public_holidays=False, eve_of_public_holidays=False),
+    )
+    now = dt.datetime(2026, 11, 20, 10, 0, tzinfo=SH)
+    base = AccountSnapshot("K-1", -500, 0, 0, False, True, SupplyState.CONNECTED, PendingCommand.DISCONNECT)
+    [reconnect] = decide(config, base, (), now, SH, CAL).of(Reconnect)
+    assert [r.code for r in reconnect.reasons] == [ReasonCode.KEEP_SUPPLY, ReasonCode.SUPERSEDES_PENDING_DISCONNECT]
+    cut = dataclasses.replace(
+        base, keep_supply=False, protected=True, supply=SupplyState.DISCONNECTED, pending_command=None
+    )
+    [restore] = decide(config, cut, (), now, SH, CAL).of(Reconnect)
+    assert [r.code for r in restore.reasons] == [ReasonCode.PROTECTED_CUSTOMER, ReasonCode.SUPPLY_DISCONNECTED]
+    unflagged = dataclasses.replace(cut, protected=False)
+    assert not decide(config, unflagged, (), now, SH, CAL).of(Reconnect)
