@@ -11,8 +11,10 @@ from typing import Annotated
 
 import typer
 
+from headend.api_cli import channel_app, serve_command, token_app
 from headend.db.migrate import migrate as run_migrations
 from headend.demo import DemoOptions, run_demo
+from headend.dispatch_cli import alarm_app, command_app, dispatch_command
 from headend.engine_cli import (
     account_app,
     calendar_app,
@@ -41,6 +43,12 @@ app.add_typer(calendar_app, name="calendar")
 app.command("pay")(pay_command)
 app.command("engine")(engine_command)
 app.command("settle")(settle_command)
+app.command("dispatch")(dispatch_command)
+app.add_typer(command_app, name="command")
+app.add_typer(alarm_app, name="alarm")
+app.command("serve")(serve_command)
+app.add_typer(token_app, name="api-token")
+app.add_typer(channel_app, name="channel")
 log = logging.getLogger("headend")
 
 
