@@ -321,6 +321,7 @@ def engine_command(
             settings.engine_lateness_s,
             settings.engine_batch_accounts,
             eager_on_grid=settings.engine_eager_on_grid,
+            full_sweep_s=settings.engine_full_sweep_s,
         )
         stats = runner.sweep() if once else runner.run(stop, settings.engine_poll_s)
     typer.echo(

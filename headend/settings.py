@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     )
     engine_batch_accounts: int = Field(default=2000, ge=1, le=100_000, description="accounts charged per transaction")
     engine_poll_s: float = Field(default=1.0, gt=0, description="pause between runner sweeps when nothing is due")
+    engine_full_sweep_s: float = Field(
+        default=30.0, gt=0, description="between full sweeps; new readings' accounts are charged as they arrive"
+    )
     engine_eager_on_grid: bool = Field(
         default=True,
         description="charge a reading that closes the next on-grid interval at once, without waiting for the lateness",

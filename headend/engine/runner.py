@@ -1,6 +1,9 @@
 """`headend engine`: charge newly chargeable readings and re-decide woken accounts, batch after batch.
 
-Each sweep locks the accounts with something to do (a reading not yet seen, a reading that became chargeable, a
+Between sweeps the runner follows `reading_batches`: the accounts of meters with newly stored readings are
+charged at once (waiting for their locks, in id order), which is what lets a reading that exhausts a balance
+lead to a disconnect request within a poll. A full sweep every `full_sweep_s` catches everything else. Each
+sweep locks the accounts with something to do (a reading not yet seen, a reading that became chargeable, a
 deferred disconnect whose time came) `batch_accounts` at a time, skipping those another runner holds, and
 charges each batch in one transaction. `complete_until` is now minus the allowed lateness, the runner's
 promise to the charger that every reading before it has arrived. A batch that fails is split in halves until
@@ -21,6 +24,7 @@ import psycopg
 
 from headend.engine.catalog import Catalog
 from headend.engine.charging import BatchFailedError, BatchStats, charge_accounts, charge_due
+from headend.engine.reading_batches import ReadingBatchFollower, prune
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ class EngineRunner:
     clock: Callable[[], datetime] = utc_now
     catalog: Catalog = field(default_factory=Catalog)
     eager_on_grid: bool = False  # charge on-grid readings at once (prepay_engine.usage.charge_usage)
+    full_sweep_s: float = 30.0
+    _follower: ReadingBatchFollower | None = field(default=None, init=False, repr=False)
 
     def sweep(self, stop: threading.Event | None = None) -> BatchStats:
         """Charge every account due now that no other runner holds (until `stop`, between batches)."""
@@ -71,7 +77,19 @@ class EngineRunner:
             after = taken[-1]
         return total
 
-    def _isolate(self, ids: Sequence[str], now: datetime, cu: datetime) -> BatchStats:
+    def react(self) -> BatchStats:
+        """Charge the accounts of meters with readings stored since the last call (waiting for their locks)."""
+        if self._follower is None:
+            self._follower = ReadingBatchFollower(self.conn)
+        ids = self._follower.new_accounts()
+        total = BatchStats()
+        for start in range(0, len(ids), self.batch_accounts):
+            now = self.clock()
+            cu = now - timedelta(seconds=self.lateness_s)
+            total += self._isolate(ids[start : start + self.batch_accounts], now, cu, wait=True)
+        return total
+
+    def _isolate(self, ids: Sequence[str], now: datetime, cu: datetime, *, wait: bool = False) -> BatchStats:
         """Charge `ids` in halves until each failing account is alone; log it and retry it later."""
         try:
             return charge_accounts(
@@ -81,6 +99,7 @@ class EngineRunner:
                 now=now,
                 complete_until=cu,
                 lateness_s=self.lateness_s,
+                wait=wait,
                 eager_on_grid=self.eager_on_grid,
             )
         except (psycopg.OperationalError, psycopg.InterfaceError):
@@ -93,14 +112,20 @@ class EngineRunner:
                 )
                 return BatchStats()
             middle = len(ids) // 2
-            return self._isolate(ids[:middle], now, cu) + self._isolate(ids[middle:], now, cu)
+            return self._isolate(ids[:middle], now, cu, wait=wait) + self._isolate(ids[middle:], now, cu, wait=wait)
 
     def run(self, stop: threading.Event, poll_s: float) -> BatchStats:
-        """Sweep until `stop` is set, pausing `poll_s` after a sweep that found nothing."""
+        """Until `stop`: charge new readings' accounts as they come, a full sweep every `full_sweep_s`."""
         total = BatchStats()
+        next_sweep = time.monotonic()
         while not stop.is_set():
             started = time.monotonic()
-            stats = self.sweep(stop)
+            if started >= next_sweep:
+                stats = self.sweep(stop) + self.react()
+                prune(self.conn)
+                next_sweep = started + self.full_sweep_s
+            else:
+                stats = self.react()
             total += stats
             if stats.accounts:
                 log.info(

@@ -113,6 +113,12 @@ _MERGE_DAILY = """
                                               slots = d.slots | excluded.slots
 )
 """
+# the meters of this batch's new readings, for the engine runner (reading_batches)
+_MERGE_BATCH = """
+, batch AS (
+    INSERT INTO reading_batches (meter_ids) SELECT array_agg(DISTINCT meter_id) FROM ins HAVING count(*) > 0
+)
+"""
 _MERGE_TAIL = "SELECT count(*) FROM ins"
 _DEAD_LETTER_INSERT = """
 INSERT INTO dead_letters (received_at, source, topic, payload, item_index, reason, payload_sha256)
@@ -160,7 +166,8 @@ class ReadingWriter:
         self._options = options
         self._future_tolerance = future_tolerance
         self._known_partitions: set[date] = set()
-        self._merge_sql = _MERGE_HEAD + (_MERGE_DAILY if options.storage is Storage.PARTITIONED else "") + _MERGE_TAIL
+        daily = _MERGE_DAILY if options.storage is Storage.PARTITIONED else ""
+        self._merge_sql = _MERGE_HEAD + daily + _MERGE_BATCH + _MERGE_TAIL
         self._merge_params = {"zone": options.collection_timezone, "late_lookback": LATE_LOOKBACK}
         with conn.transaction():
             conn.execute(_STAGE_DDL)

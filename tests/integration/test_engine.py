@@ -26,7 +26,7 @@ from prepay_engine.payments import PaymentTerms, ToppedUp, TopUp
 from prepay_engine.policy import FriendlyCreditWindows
 from prepay_engine.tariffs import SHANGHAI
 from prepay_engine.usage import MeterRegister, RegisterReading, charge_usage
-from tests.integration.conftest import count, register
+from tests.integration.conftest import count, register, wait_for
 from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, series, store_readings
 
 Conn = psycopg.Connection[Any]
@@ -194,6 +194,45 @@ def test_eager_runner_charges_on_grid_readings_at_once_and_waits_at_a_gap(conn: 
     # the same charges as a runner that waits for the lateness every time
     charged = conn.execute("SELECT charge_id, amount_fen FROM usage_charges ORDER BY interval_start").fetchall()
     assert len(charged) == 19
+
+
+def test_the_runner_charges_the_accounts_of_each_new_reading_batch_at_once(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1", "m2", "m3"])
+    for n in (1, 2, 3):
+        _open(conn, catalog, f"a{n}", f"m{n}")
+    at = DAY_START + timedelta(hours=1)
+    runner = EngineRunner(conn, LATENESS_S, 50, clock=lambda: at, catalog=catalog, eager_on_grid=True)
+    assert runner.react().accounts == 0
+    store_readings(conn, series("m1", DAY_START + STEP, 4, STEP, 1_000_100, 100), now=at)
+    store_readings(conn, series("m3", DAY_START + STEP, 4, STEP, 1_000_100, 100), now=at)
+    reacted = runner.react()
+    assert (reacted.accounts, reacted.charges) == (2, 8)
+    assert runner.react().accounts == 0  # each batch once
+    store_readings(conn, series("m1", DAY_START + STEP, 4, STEP, 1_000_100, 100), now=at)  # duplicates: no batch
+    assert runner.react().accounts == 0
+    assert count(conn, "SELECT count(*) FROM reading_batches") == 2
+
+
+def test_a_running_engine_charges_a_new_reading_between_full_sweeps(database_url: str, conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1"])
+    _open(conn, catalog, "a1", "m1")
+    at = DAY_START + timedelta(hours=1)
+    stop = threading.Event()
+    with psycopg.connect(database_url, autocommit=True) as runner_conn:
+        runner = EngineRunner(
+            runner_conn, LATENESS_S, 50, clock=lambda: at, catalog=Catalog(), eager_on_grid=True, full_sweep_s=3600
+        )
+        thread = threading.Thread(target=runner.run, args=(stop, 0.05))
+        thread.start()
+        try:
+            store_readings(conn, series("m1", DAY_START + STEP, 4, STEP, 1_000_100, 100), now=at)
+            wait_for(lambda: count(conn, "SELECT count(*) FROM usage_charges") == 4, 10, "the four charges")
+        finally:
+            stop.set()
+            thread.join(10)
+    assert not thread.is_alive()
 
 
 def test_two_runners_at_once_charge_each_interval_once(database_url: str, conn: Conn) -> None:

@@ -1,0 +1,47 @@
+"""Follow `reading_batches`: the meters the ingest writer stored new readings for, and their accounts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+Connection = psycopg.Connection[Any]
+
+# batches are stamped when their transaction began; one may become visible after later ones
+DEFAULT_WINDOW = timedelta(seconds=60)
+KEEP_FOR = timedelta(hours=1)
+
+
+class ReadingBatchFollower:
+    """Remembers which batches it has seen; each call returns the accounts of the batches committed since."""
+
+    def __init__(self, conn: Connection, window: timedelta = DEFAULT_WINDOW) -> None:
+        self._conn = conn
+        self._window_s = window.total_seconds()
+        self._seen: set[int] = set()
+
+    def new_accounts(self) -> list[str]:
+        """Accounts whose meter has a reading stored in a batch not seen before, in id order."""
+        rows = self._conn.execute(
+            "SELECT batch_id, meter_ids FROM reading_batches WHERE stored_at > now() - make_interval(secs => %s)",
+            (self._window_s,),
+        ).fetchall()
+        fresh = [r for r in rows if int(r[0]) not in self._seen]
+        # forget what fell out of the window: it can't be returned again
+        self._seen = {int(r[0]) for r in rows}
+        meters = sorted({m for r in fresh for m in r[1]})
+        if not meters:
+            return []
+        found = self._conn.execute(
+            "SELECT account_id FROM prepaid_accounts WHERE meter_id = ANY(%s) ORDER BY account_id", (meters,)
+        ).fetchall()
+        return [str(r[0]) for r in found]
+
+
+def prune(conn: Connection, keep_for: timedelta = KEEP_FOR) -> int:
+    """Delete batches older than `keep_for`; how many."""
+    return conn.execute(
+        "DELETE FROM reading_batches WHERE stored_at < now() - make_interval(secs => %s)", (keep_for.total_seconds(),)
+    ).rowcount
