@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
 
 from headend.dispatch import store
-from headend.dispatch.operations import approve, cancel
+from headend.dispatch.operations import approve, cancel, request_relay_read
 from headend.dispatch.service import run_dispatcher
 from headend.engine.catalog import Catalog
 from headend.services import connect_database, database_url
 from headend.settings import Settings
 from headend.signals import stop_on_signals
 
-command_app = typer.Typer(help="Relay commands: show, approve, cancel.", no_args_is_help=True)
+command_app = typer.Typer(help="Relay commands: show, approve, cancel, read a relay.", no_args_is_help=True)
 alarm_app = typer.Typer(help="Relay alarms.", no_args_is_help=True)
 
 
@@ -82,6 +82,22 @@ def command_cancel(
         except store.CommandError as exc:
             raise _fail(str(exc)) from None
     typer.echo(f"{command.command_id} cancelled by {by}")
+
+
+@command_app.command("read-relay")
+def command_read_relay(
+    meter_id: str, by: Annotated[str, typer.Option(help="Who asks (recorded in the audit trail).")]
+) -> None:
+    """Ask a meter to read its relay back; `headend dispatch` sends it, `command show` gives the answer."""
+    settings = Settings()
+    with database_url(settings) as url, connect_database(url) as conn:
+        try:
+            command = request_relay_read(
+                conn, meter_id, by=by, now=datetime.now(UTC), ttl=timedelta(seconds=settings.dispatch_command_ttl_s)
+            )
+        except store.CommandError as exc:
+            raise _fail(str(exc)) from None
+    typer.echo(f"{command.command_id} requested; expires {command.expires_at.isoformat()}")
 
 
 @alarm_app.command("resolve")

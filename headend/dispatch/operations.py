@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -51,6 +52,26 @@ def cancel(
         if account_command is not None:
             record_relay_outcome(cur, catalog, account_command, RelayOutcome.FAILED, now, by)
         return cancelled
+
+
+def request_relay_read(conn: Connection, meter_id: str, *, by: str, now: datetime, ttl: timedelta) -> store.Command:
+    """Ask a meter to read its relay back (a field test, a check after an alarm); the dispatcher sends it."""
+    command_id = f"read:{meter_id}:{uuid.uuid4().hex[:12]}"
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT concentrator_id, reconnect_mode FROM meters WHERE meter_id = %s", (meter_id,))
+        meter = cur.fetchone()
+        if meter is None:
+            raise store.CommandError(f"no meter {meter_id!r}")
+        cur.execute(
+            "INSERT INTO commands (command_id, meter_id, concentrator_id, action, reconnect_mode, state, "
+            "next_attempt_at, issued_at, expires_at, requested_by) "
+            "VALUES (%s, %s, %s, 'read_relay', %s, 'created', %s, %s, %s, %s)",
+            (command_id, meter_id, meter["concentrator_id"], meter["reconnect_mode"], now, now, now + ttl, by),
+        )
+        store.audit(cur, command_id, now, None, CommandState.CREATED, by, "relay read requested", {})
+        command = store.lock_command(cur, command_id)
+    assert command is not None
+    return command
 
 
 def _locked(cur: store.Cursor, command_id: str) -> store.Command:

@@ -16,7 +16,7 @@ from headend.dispatch import store
 from headend.dispatch.dispatcher import DispatchConfig, Dispatcher
 from headend.dispatch.lifecycle import CommandState, RetryPolicy
 from headend.dispatch.mqtt_transport import MqttTransport
-from headend.dispatch.operations import approve
+from headend.dispatch.operations import approve, request_relay_read
 from headend.engine.accounts import open_account, pay
 from headend.engine.catalog import Catalog
 from headend.engine.runner import EngineRunner
@@ -324,3 +324,20 @@ def test_an_undecodable_or_unknown_event_is_kept_as_a_dead_letter(loop_for: Call
     reasons = [r[0] for r in loop.conn.execute("SELECT reason FROM dead_letters WHERE source = 'dispatch'")]
     assert len(reasons) == 2
     assert "unknown command" in reasons[1]
+
+
+def test_a_relay_read_confirms_the_position_and_a_disagreement_raises_an_alarm(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for()
+    loop.exhaust(1)
+    loop.until(lambda: loop.supply(loop.account(1)) == "disconnected", "the disconnect")
+    read = request_relay_read(loop.conn, loop.meter(1), by="field-7", now=datetime.now(UTC), ttl=timedelta(seconds=30))
+    loop.until(lambda: store.get_command(loop.conn, read.command_id).state is CommandState.CONFIRMED, "the read")  # type: ignore[union-attr]
+    assert store.get_command(loop.conn, read.command_id).relay == "open"  # type: ignore[union-attr]
+    assert count(loop.conn, "SELECT count(*) FROM relay_alarms") == 0
+    # someone closes the relay by hand: the next read disagrees with the account's supply
+    loop.responder.press_button(loop.meter(1))  # not armed: nothing happens
+    loop.conn.execute("UPDATE prepaid_accounts SET supply = 'connected' WHERE account_id = %s", (loop.account(1),))
+    again = request_relay_read(loop.conn, loop.meter(1), by="field-7", now=datetime.now(UTC), ttl=timedelta(seconds=30))
+    loop.until(lambda: store.get_command(loop.conn, again.command_id).state is CommandState.CONFIRMED, "the read")  # type: ignore[union-attr]
+    alarms = loop.conn.execute("SELECT kind, command_id FROM relay_alarms").fetchall()
+    assert [tuple(a) for a in alarms] == [("unexpected_relay_change", again.command_id)]
