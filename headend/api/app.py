@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any, Final
 
 from alembic.script import ScriptDirectory
@@ -127,7 +128,7 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
     )
-    app.state.api = ApiState(pool, clock)
+    app.state.api = ApiState(pool, clock, timedelta(seconds=settings.dispatch_command_ttl_s))
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -335,3 +335,28 @@ def read_relay(meter_id: MeterPath, conn: Conn, principal: Reader) -> RelayOut:
     if row is None:
         raise ProblemError(404, f"no relay position reported for meter {meter_id!r}", code="unknown_relay")
     return RelayOut(**{**row, "reported_at": _utc(row["reported_at"]), "received_at": _utc(row["received_at"])})
+
+
+@meters_router.post(
+    "/{meter_id}/relay/read",
+    status_code=202,
+    summary="Ask a meter to read its relay back",
+    description="Creates a `read_relay` command (a field test on site, a check after an alarm); the dispatcher sends "
+    "it, and the answer confirms the position or raises an alarm when it disagrees with the account's supply. "
+    "Follow it with `GET /v1/commands/{command_id}`. Roles: field_staff, operator, admin.",
+    response_model=CommandOut,
+    response_description="The relay read, created.",
+    responses={
+        **problem_responses(401, 403, 503),
+        **problem_descriptions({404: "No such meter."}),
+    },
+)
+def request_relay_read(meter_id: MeterPath, conn: Conn, principal: Reader, state: State) -> CommandOut:
+    """Create a relay read of the meter."""
+    try:
+        command = operations.request_relay_read(
+            conn, meter_id, by=principal.name, now=state.clock(), ttl=state.command_ttl
+        )
+    except store.CommandError as exc:
+        raise ProblemError(404, str(exc), code="unknown_meter") from None
+    return _command_out(command)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, cast
 
 import psycopg
@@ -29,6 +29,7 @@ class ApiState:
 
     pool: ConnectionPool[Any]
     clock: Clock = utc_now
+    command_ttl: timedelta = timedelta(minutes=10)  # how long a relay read requested here may be executed
     # a Catalog caches parsed tariffs and mutates itself on refresh: one per worker thread, never shared
     _catalogs: threading.local = field(default_factory=threading.local)
 

@@ -373,6 +373,24 @@ def test_a_meters_last_reported_relay_position(api: Api) -> None:
     assert api.get("/v1/meters/nope/relay").status_code == 404
 
 
+def test_field_staff_ask_a_meter_to_read_its_relay_and_the_dispatcher_sends_it(api: Api) -> None:
+    register(api.db, ["m1"])
+    created = api.post("/v1/meters/m1/relay/read", who="field")
+    assert created.status_code == 202, created.text
+    body = created.json()
+    assert (body["action"], body["state"], body["requested_by"], body["account_id"]) == (
+        "read_relay",
+        "created",
+        "field",
+        None,
+    )
+    api.dispatcher.step()  # a relay read is never held
+    assert [m.command_id for m in api.sender.sent] == [body["command_id"]]
+    assert api.state(body["command_id"]) == "sent"
+    assert api.post("/v1/meters/nope/relay/read", who="field").status_code == 404
+    assert api.post("/v1/meters/m1/relay/read", who="wechat").status_code == 403
+
+
 def test_the_command_routes_are_documented(api: Api) -> None:
     doc = api.client.get("/openapi.json").json()
     operations = {(path, method): op for path, ops in doc["paths"].items() for method, op in ops.items()}
@@ -384,6 +402,7 @@ def test_the_command_routes_are_documented(api: Api) -> None:
         ("/v1/alarms", "get"): {"401", "403", "422", "503"},
         ("/v1/alarms/{alarm_id}/resolve", "post"): {"401", "403", "404", "409", "413", "422", "503"},
         ("/v1/meters/{meter_id}/relay", "get"): {"401", "403", "404", "422", "503"},
+        ("/v1/meters/{meter_id}/relay/read", "post"): {"401", "403", "404", "422", "503"},
     }
     for key, errors in expected.items():
         op = operations[key]
