@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -84,6 +84,7 @@ class Dispatcher:
         audit_conn: Connection,
         sender: CommandSender,
         *,
+        executors: Mapping[str, CommandSender] | None = None,
         config: DispatchConfig | None = None,
         catalog: Catalog | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -91,7 +92,8 @@ class Dispatcher:
         assert audit_conn.autocommit, "send audit records must be durable before the send"
         self._conn = conn
         self._audit_conn = audit_conn
-        self._sender = sender
+        # one executor per transport (meters.protocol): MQTT here, Modbus adds its own
+        self._executors = dict(executors) if executors is not None else {"mqtt": sender}
         self._config = config or DispatchConfig()
         self._catalog = catalog or Catalog()
         self._clock = clock
@@ -167,6 +169,21 @@ class Dispatcher:
         return True
 
     def _send(self, cur: Cursor, command: store.Command, now: datetime, inputs: dict[str, Any]) -> bool:
+        cur.execute("SELECT protocol FROM meters WHERE meter_id = %s", (command.meter_id,))
+        meter = cur.fetchone()
+        protocol = "mqtt" if meter is None else str(meter["protocol"])
+        executor = self._executors.get(protocol)
+        if executor is None:
+            if command.state is CommandState.CREATED:
+                store.move(
+                    cur,
+                    command,
+                    CommandState.HELD,
+                    now,
+                    actor=DISPATCHER_ACTOR,
+                    detail=f"no executor for {protocol} meters in this dispatcher",
+                )
+            return False
         attempt = command.attempts + 1
         via = f"concentrator {command.concentrator_id}" if command.concentrator_id else "the meter's topic"
         detail = f"attempt {attempt} via {via}"
@@ -185,7 +202,7 @@ class Dispatcher:
             command.command_id, command.action, command.meter_id, command.issued_at, command.expires_at
         )
         try:
-            self._sender.send(message, command.concentrator_id)
+            executor.send(message, command.concentrator_id)
         except SendError as exc:
             with self._audit_conn.cursor(row_factory=dict_row) as audit_cur:
                 store.audit(

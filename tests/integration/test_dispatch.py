@@ -25,7 +25,7 @@ from prepay_engine.payments import TopUp
 from prepay_engine.tariffs import SHANGHAI
 from protocols.readings import RelayState
 from simulators.command_responder import CommandResponder
-from simulators.fleet import Fleet, SimMeter
+from simulators.fleet import Fleet, SimConcentrator, SimMeter
 from simulators.load_shapes import MeterKind
 from simulators.publisher import BrokerConfig
 from simulators.relay_sim import RelayFault
@@ -92,9 +92,10 @@ class Loop:
         assert row is not None
         return str(row[0])
 
-    def exhaust(self, n: int) -> None:
+    def exhaust(self, n: int, *, concentrator: str | None = None, protocol: str = "mqtt") -> None:
         """Open account n on meter n and feed it a day of heavy use: its balance runs out, a disconnect is due."""
-        register(self.conn, [self.meter(n)])
+        register(self.conn, [self.meter(n)], concentrator=concentrator)
+        self.conn.execute("UPDATE meters SET protocol = %s WHERE meter_id = %s", (protocol, self.meter(n)))
         open_account(
             self.conn,
             self.catalog,
@@ -131,6 +132,7 @@ def loop_for(database_url: str) -> Iterator[Callable[..., Loop]]:
         *,
         faults: dict[int, RelayFault] | None = None,
         allowed: tuple[int, ...] = (),
+        via_dcu: tuple[int, ...] = (),
         config: DispatchConfig = FAST,
     ) -> Loop:
         conn = psycopg.connect(database_url, autocommit=True)
@@ -141,7 +143,7 @@ def loop_for(database_url: str) -> Iterator[Callable[..., Loop]]:
             tuple(
                 SimMeter(
                     f"{prefix}m{n}",
-                    None,
+                    f"{prefix}dcu" if n in via_dcu else None,
                     "test",
                     "SIM-1",
                     MeterKind.RESIDENTIAL,
@@ -150,7 +152,7 @@ def loop_for(database_url: str) -> Iterator[Callable[..., Loop]]:
                 )
                 for n in range(1, meters + 1)
             ),
-            (),
+            (SimConcentrator(f"{prefix}dcu", "test"),) if via_dcu else (),
             seed=7,
         )
         responder = CommandResponder(
@@ -341,3 +343,20 @@ def test_a_relay_read_confirms_the_position_and_a_disagreement_raises_an_alarm(l
     loop.until(lambda: store.get_command(loop.conn, again.command_id).state is CommandState.CONFIRMED, "the read")  # type: ignore[union-attr]
     alarms = loop.conn.execute("SELECT kind, command_id FROM relay_alarms").fetchall()
     assert [tuple(a) for a in alarms] == [("unexpected_relay_change", again.command_id)]
+
+
+def test_a_meter_behind_a_concentrator_is_commanded_through_it(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for(via_dcu=(1,))
+    loop.exhaust(1, concentrator=f"{loop.prefix}dcu")
+    loop.until(lambda: loop.supply(loop.account(1)) == "disconnected", "the disconnect through the concentrator")
+    [command_id] = loop.requests(loop.account(1))
+    assert f"via concentrator {loop.prefix}dcu" in store.history(loop.conn, command_id)[1]["detail"]
+    assert loop.responder.relay(loop.meter(1)) is RelayState.OPEN
+
+
+def test_a_meter_of_a_transport_without_an_executor_is_held_not_sent(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for()
+    loop.exhaust(1, protocol="modbus")
+    loop.until(lambda: [c[2] for c in loop.commands(loop.account(1))] == ["held"], "the disconnect held")
+    assert "no executor for modbus meters" in store.history(loop.conn, loop.requests(loop.account(1))[0])[-1]["detail"]
+    assert loop.responder.counts.commands_received == 0
