@@ -158,11 +158,11 @@ def demo(
     meters: Annotated[int, typer.Option(min=1, max=100_000, help="Simulated meters.")] = 200,
     concentrators: Annotated[int, typer.Option(min=0, max=1000, help="Simulated concentrators.")] = 4,
     days: Annotated[int, typer.Option(min=1, max=31, help="Days to simulate, ending yesterday.")] = 1,
-    speed: Annotated[float, typer.Option(min=0, help="Simulated seconds per real second; 0 for max.")] = 900.0,
+    speed: Annotated[float, typer.Option(min=0, help="Simulated seconds per real second; 0 for max.")] = 1800.0,
     offline_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of meters that never report.")] = 0.02,
     drop_rate: Annotated[float, typer.Option(min=0, max=1, help="Probability a message is lost.")] = 0.002,
 ) -> None:
-    """Run everything on this machine: embedded database and broker (unless configured), ingest, a fleet."""
+    """Run everything on this machine: embedded database and broker (unless configured), ingest, the prepaid loop."""
     settings = load_settings()
     options = DemoOptions(
         meters=meters,

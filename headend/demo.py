@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import tempfile
 import threading
@@ -13,7 +14,12 @@ from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from pathlib import Path
 
+import psycopg
+from sqlalchemy.engine import make_url
+
+from headend.db.engine import libpq_dsn
 from headend.db.migrate import migrate
+from headend.demo_loop import DemoMeter, PrepaidLoop
 from headend.embedded import EmbeddedBroker, free_port
 from headend.ingest.worker import IngestWorker
 from headend.registry import import_meters, read_registry_file
@@ -21,12 +27,16 @@ from headend.reports.collection import CollectionReport, collection_report
 from headend.services import connect_database, database_url
 from headend.settings import MqttProtocol, Settings
 from simulators.clock import INTERVALS_PER_DAY, SimClock
+from simulators.command_responder import CommandResponder
 from simulators.faults import FaultConfig
 from simulators.fleet import Fleet, build_fleet, write_registry_csv
 from simulators.fleet_sim import FleetSimulation
+from simulators.load_shapes import SHAPES, meter_scale
 from simulators.publisher import BrokerConfig, PublishStats, run_simulation
 
 log = logging.getLogger(__name__)
+
+STORY_POLL_S = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +47,7 @@ class DemoOptions:
     concentrators: int = 4
     regions: tuple[str, ...] = ("chengdu", "deyang", "mianyang")
     days: int = 1
-    speed: float | None = 900.0
+    speed: float | None = 1800.0
     offline_fraction: float = 0.02
     drop_rate: float = 0.002
     report_every_s: float = 5.0
@@ -78,12 +88,28 @@ def register_fleet(url: str, fleet: Fleet, installed_on: date) -> int:
     return len(parsed.rows)
 
 
+DEMO_DATABASE = "headend_demo"
+
+
+def fresh_demo_database(server_url: str) -> str:
+    """Drop and create the demo's own database on the embedded server: every demo starts from nothing."""
+    with psycopg.connect(libpq_dsn(server_url), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {DEMO_DATABASE}")
+    return make_url(server_url).set(database=DEMO_DATABASE).render_as_string(hide_password=False)
+
+
 def run_demo(
     settings: Settings, options: DemoOptions, echo: Callable[[str], None], stop: threading.Event
 ) -> CollectionReport:
     """Run the whole collection loop and return the final report of the last simulated day."""
-    with database_url(settings) as url, broker_settings(settings) as live:
-        echo(f"database: {'configured' if settings.database_url else 'embedded PostgreSQL in ' + settings.data_dir}")
+    with database_url(settings) as server_url, broker_settings(settings) as live:
+        if settings.database_url:
+            url = server_url
+            echo("database: configured")
+        else:
+            url = fresh_demo_database(server_url)
+            echo(f"database: embedded PostgreSQL in {settings.data_dir}, database {DEMO_DATABASE} (new for each demo)")
         echo(f"broker: {live.mqtt_host}:{live.mqtt_port} ({'configured' if settings.mqtt_host else 'embedded'})")
         migrate(url, require_timescaledb=settings.require_timescaledb, collection_timezone=settings.timezone)
         fleet = build_fleet(
@@ -103,33 +129,93 @@ def run_demo(
         clock = SimClock(datetime.combine(first_day, dtime(), zone), options.speed)
         faults = FaultConfig(offline_fraction=options.offline_fraction, drop_rate=options.drop_rate)
         simulation = FleetSimulation(fleet, faults, zone=zone)
-        broker = BrokerConfig(
-            host=str(live.mqtt_host), port=live.mqtt_port, username=live.mqtt_username, password=live.mqtt_password
-        )
-        published: list[PublishStats] = []
-        sim_thread = threading.Thread(
-            target=lambda: published.append(
-                run_simulation(simulation, clock, options.days * INTERVALS_PER_DAY, broker, stop=stop)
-            ),
-            name="simulator",
-            daemon=True,
-        )
-        sim_thread.start()
-        echo(
-            f"simulating {options.days} day(s) from {first_day} at "
-            f"{'max speed' if options.speed is None else f'{options.speed:g}x'}"
-        )
         try:
-            report_day: date = first_day
-            while sim_thread.is_alive():
-                sim_thread.join(options.report_every_s)
-                report_day = _echo_progress(url, settings, simulation.counts.intervals, first_day, echo)
-            _wait_for_ingest(worker, published, stop)
+            obey = functools.partial(CommandResponder, fleet, _broker_config(live), meters=simulation.meters)
+            with PrepaidLoop(live, url, demo_meters(simulation), obey, clock.start, echo) as loop:
+                report_day = _simulate(live, url, options, simulation, clock, worker, loop, echo, stop)
+                for line in loop.summary():
+                    echo(line)
             with connect_database(url) as conn:
                 return collection_report(conn, report_day)
         finally:
             worker.stop()
             ingest.join(30)
+
+
+def _simulate(
+    live: Settings,
+    url: str,
+    options: DemoOptions,
+    simulation: FleetSimulation,
+    clock: SimClock,
+    worker: IngestWorker,
+    loop: PrepaidLoop,
+    echo: Callable[[str], None],
+    stop: threading.Event,
+) -> date:
+    """Run the fleet to its end, telling the prepaid story as it happens; the last simulated day."""
+    broker = _broker_config(live)
+    published: list[PublishStats] = []
+    intervals = options.days * INTERVALS_PER_DAY
+    sim_thread = threading.Thread(
+        target=lambda: published.append(
+            run_simulation(simulation, clock, intervals, broker, stop=stop, progress=loop.now.advance)
+        ),
+        name="simulator",
+        daemon=True,
+    )
+    sim_thread.start()
+    first_day = clock.start.date()
+    echo(
+        f"simulating {options.days} day(s) from {first_day} at "
+        f"{'max speed' if options.speed is None else f'{options.speed:g}x'}"
+    )
+    next_report = time.monotonic() + options.report_every_s
+    try:
+        while sim_thread.is_alive():
+            sim_thread.join(STORY_POLL_S)
+            loop.poll()
+            if time.monotonic() >= next_report:
+                next_report += options.report_every_s
+                _echo_progress(url, live, simulation.counts.intervals, first_day, echo)
+                _echo_balances(loop, echo)
+    except BaseException:
+        stop.set()  # the fleet must not outlive the services it publishes to
+        sim_thread.join(30)
+        raise
+    report_day = _echo_progress(url, live, simulation.counts.intervals, first_day, echo)
+    _wait_for_ingest(worker, published, stop)
+    loop.finish(stop)
+    _echo_balances(loop, echo)
+    return report_day
+
+
+def demo_meters(simulation: FleetSimulation) -> list[DemoMeter]:
+    """The fleet's reporting meters as the prepaid loop sees them: expected daily use, register at the start."""
+    seed = simulation.fleet.seed
+    return [
+        DemoMeter(
+            m.meter_id,
+            m.concentrator_id,
+            str(m.kind),
+            SHAPES[m.kind].mean_daily_wh * meter_scale(m.meter_id, m.kind, seed),
+            simulation.meters[m.meter_id].register_wh,
+        )
+        for m in simulation.fleet.meters
+        if m.meter_id not in simulation.plan.offline_ids
+    ]
+
+
+def _broker_config(live: Settings) -> BrokerConfig:
+    return BrokerConfig(
+        host=str(live.mqtt_host), port=live.mqtt_port, username=live.mqtt_username, password=live.mqtt_password
+    )
+
+
+def _echo_balances(loop: PrepaidLoop, echo: Callable[[str], None]) -> None:
+    line = loop.balances()
+    if line is not None:
+        echo(line)
 
 
 def _echo_progress(url: str, settings: Settings, intervals: int, first_day: date, echo: Callable[[str], None]) -> date:
