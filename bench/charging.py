@@ -8,7 +8,8 @@ one run:
     2000 (the default of Settings), 500 and 5000; against the raw limit measured in the same run: binary COPY
     of the same postings into a logged copy of `ledger_postings` without indexes, constraints or triggers,
     plus the UPDATE of the same customer balance rows, committed per batch of the same size; and the time of
-    `prepay_engine.usage.charge_usage` alone over the same readings (no database);
+    `prepay_engine.usage.charge_usage` alone over the same readings (no database); and `--runners` runner
+    processes (default 2) sweeping the same fleet at once, sharing it through SKIP LOCKED;
 (2) the daily settlement: M accounts (default 1,000,000) that the runner has charged up to the last 1–4
     intervals of the day; `settle_day` timed end to end, against the SQL floor: one `UPDATE prepaid_accounts
     SET seen_until = …` of every row plus one binary COPY of as many postings.
@@ -771,6 +772,37 @@ def _sweep(url: str, batch_accounts: int, digest: str, profile: Path | None) -> 
     return stats, timed.measured
 
 
+def _sweep_from(url: str, batch_accounts: int, digest: str, start_at: float) -> tuple[BatchStats, float, float]:
+    """One runner's sweep, started at the wall-clock instant `start_at` (so that runners overlap); its span."""
+    check_code(digest)
+    with connect(url) as conn:
+        runner = EngineRunner(conn, LATENESS_S, batch_accounts, clock=lambda: RUNNER_NOW)
+        time.sleep(max(0.0, start_at - time.time()))
+        began = time.time()
+        stats = runner.sweep()
+        return stats, began, time.time()
+
+
+def parallel_runner_run(
+    template_url: str, batch_accounts: int, runners: int, expected: Expected, pure: PureRun, *, digest: str
+) -> tuple[BatchStats, float]:
+    """`runners` runner processes sweeping one fresh copy at once (sharing it through SKIP LOCKED); their wall time."""
+    with cloned_database(template_url) as url:
+        start_at = time.time() + 5.0  # after every spawned process has imported and connected
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(runners, initializer=die_with_parent, maxtasksperchild=1) as pool:
+            results = pool.starmap(_sweep_from, [(url, batch_accounts, digest, start_at)] * runners)
+        stats = BatchStats()
+        for one, _, _ in results:
+            stats += one
+        wall_s = max(end for _, _, end in results) - min(began for _, began, _ in results)
+        with connect(url) as conn:
+            check_charged(conn, stats, expected, expected.charges, f"{runners} runners")
+            if stats.charged_fen != pure.charged_fen:
+                raise BenchError(f"{runners} runners: {stats.charged_fen} fen, charge_usage alone {pure.charged_fen}")
+    return stats, wall_s
+
+
 def check_charged(conn: Connection, stats: BatchStats, expected: Expected, charges: int, what: str) -> None:
     """The run charged every expected interval once and wrote exactly the postings its stats count."""
     posted = conn.execute("SELECT count(*), coalesce(sum(amount_fen), 0) FROM ledger_postings WHERE kind = 'usage'")
@@ -1135,6 +1167,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "runs, the others one each)",
     )
     parser.add_argument("--parts", default="12", help="which parts to run, any of '12' (default both)")
+    parser.add_argument(
+        "--runners",
+        default="2",
+        help="(1) also sweep with this many runner processes at once, comma-separated (default 2; '' for none)",
+    )
     parser.add_argument("--invariants", action="store_true", help="check the ledger invariants after every run")
     parser.add_argument(
         "--profile-dir",
@@ -1152,12 +1189,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.settle_repeat is None:
         args.settle_repeat = 1 if args.settle_accounts > 200_000 else args.repeat
     args.batch_sizes = [int(b) for b in args.batches.split(",") if b.strip()]
+    args.runner_counts = [int(n) for n in args.runners.split(",") if n.strip()]
     args.invariants = args.invariants or args.quick
     if args.profile_dir:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     if args.repeat < 1 or args.settle_repeat < 1 or not set(args.parts) <= set("12") or not args.batch_sizes:
         parser.error("--repeat and --settle-repeat must be ≥ 1, --parts a subset of '12', --batches not empty")
-    if args.accounts < 1 or args.settle_accounts < 1 or min(args.batch_sizes) < 1:
+    if (
+        args.accounts < 1
+        or args.settle_accounts < 1
+        or min(args.batch_sizes) < 1
+        or min(args.runner_counts, default=2) < 2
+    ):
         parser.error("sizes must be ≥ 1")
     if max(args.accounts, args.settle_accounts) > 10_000_000:
         parser.error("account numbers are 7 digits: at most 10,000,000 accounts")
@@ -1213,6 +1256,20 @@ def part_runner(args: argparse.Namespace, r: Results) -> None:
                 )
             r.add("pure", charges / seconds)
             print(f"  (1) run {n + 1}: charge_usage alone {charges / seconds:,.0f} charges/s", flush=True)
+        for runners in args.runner_counts:
+            for n in range(args.repeat):
+                stats, wall_s = parallel_runner_run(
+                    tpl, args.batch_sizes[0], runners, expected, pure, digest=args.digest
+                )
+                r.add(f"runners_{runners}", stats.charges / wall_s)
+                print(
+                    f"  (1) run {n + 1}, {runners} runner processes at once, batch_accounts {args.batch_sizes[0]}: "
+                    f"{wall_s:.1f} s, {stats.charges / wall_s:,.0f} charges/s",
+                    flush=True,
+                )
+            r.notes[f"(1) {runners} runner processes at once, batch {args.batch_sizes[0]} [interval charges/s]"] = (
+                f"{fmt_int(r.med(f'runners_{runners}'))} ({r.listing(f'runners_{runners}')})"
+            )
         if args.profile_dir:
             path = args.profile_dir / "runner.prof"
             run = runner_run(
