@@ -846,6 +846,7 @@ class SettleRun:
 
     settlement: Settlement
     timed: Measured
+    again_s: float  # the same day settled again later: nothing left to charge, as when the runner is up to date
 
 
 def settle_run(
@@ -859,7 +860,7 @@ def settle_run(
 ) -> SettleRun:
     """Time `settle_day` over the whole fleet on a fresh copy, in a process of its own; check its figures."""
     with cloned_database(template_url) as url:
-        settled, timed = in_own_process(_settle, url, batch_accounts, digest, profile)
+        settled, timed, again_s = in_own_process(_settle, url, batch_accounts, digest, profile)
         with connect(url) as conn:
             check_charged(conn, settled.run, expected, expected.charges, "settlement")
             if settled.accounts != expected.accounts:
@@ -883,16 +884,31 @@ def settle_run(
                 )
             if invariants:
                 check_ledger(conn, "settlement")
-    return SettleRun(settled, timed)
+    return SettleRun(settled, timed, again_s)
 
 
-def _settle(url: str, batch_accounts: int, digest: str, profile: Path | None) -> tuple[Settlement, Measured]:
+def _settle(url: str, batch_accounts: int, digest: str, profile: Path | None) -> tuple[Settlement, Measured, float]:
     check_code(digest)
-    with connect(url) as conn, Timed(conn) as timed, profiled(profile):
-        settled = settle_day(
-            conn, Catalog(), DAY, ZONE, now=SETTLE_NOW, lateness_s=LATENESS_S, batch_accounts=batch_accounts
+    with connect(url) as conn:
+        with Timed(conn) as timed, profiled(profile):
+            settled = settle_day(
+                conn, Catalog(), DAY, ZONE, now=SETTLE_NOW, lateness_s=LATENESS_S, batch_accounts=batch_accounts
+            )
+        started = time.perf_counter()
+        # later, with no new reading: every account is looked at again and found with nothing to charge
+        again = settle_day(
+            conn,
+            Catalog(),
+            DAY,
+            ZONE,
+            now=SETTLE_NOW + timedelta(minutes=15),
+            lateness_s=LATENESS_S,
+            batch_accounts=batch_accounts,
         )
-    return settled, timed.measured
+        again_s = time.perf_counter() - started
+        if again.run.charges or (again.day, again.arrears) != (settled.day, settled.arrears):
+            raise BenchError("settling the day again charged something or changed its figures")
+    return settled, timed.measured, again_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -1321,6 +1337,7 @@ def part_settlement(args: argparse.Namespace, r: Results) -> None:
             r.add("runner_batch_s", floor.runner_batch_s)
             r.add("settle_batch_s", t.wall_s / -(-s.accounts // b))
             r.add("settle_python", t.python_s / t.wall_s)
+            r.add("settle_again_s", run.again_s)
             r.add("settle_backend", t.backend_s / t.wall_s)
             print(
                 f"  (2) run {n + 1}: settled {s.accounts:,} accounts in {t.wall_s:.1f} s ({s.accounts / t.wall_s:,.0f} "
@@ -1328,7 +1345,8 @@ def part_settlement(args: argparse.Namespace, r: Results) -> None:
                 f"{s.incomplete_accounts:,} incomplete, {len(s.arrears):,} in arrears owing {s.arrears_fen:,} fen, "
                 f"{s.run.notifications:,} notifications, {s.run.commands:,} commands; {t.split()}. Floor "
                 f"{floor.seconds:.1f} s (UPDATE {floor.update_s:.1f} s + COPY {floor.copy_s:.1f} s; "
-                f"into ledger_postings {floor.copy_ledger_s:.1f} s); one runner batch {floor.runner_batch_s:.2f} s",
+                f"into ledger_postings {floor.copy_ledger_s:.1f} s); one runner batch {floor.runner_batch_s:.2f} s; "
+                f"settled again with nothing left to charge in {run.again_s:.1f} s",
                 flush=True,
             )
             r.notes["(2) settlement figures (last run)"] = (
@@ -1341,6 +1359,9 @@ def part_settlement(args: argparse.Namespace, r: Results) -> None:
             run = settle_run(tpl, b, expected, invariants=False, digest=args.digest, profile=path)
             print(f"  (profiled settlement, not counted: {run.settlement.accounts / run.timed.wall_s:,.0f} accounts/s)")
             print_profile(path)
+    r.notes["(2) the same day settled again later: every account looked at, nothing left to charge [s]"] = (
+        f"{r.med('settle_again_s'):,.1f} ({r.listing('settle_again_s', 1)})"
+    )
     r.notes["(2) floor: UPDATE of every prepaid_accounts row / COPY of the postings [s]"] = (
         f"{r.med('floor_update_s'):,.1f} / {r.med('floor_copy_s'):,.1f}"
     )
