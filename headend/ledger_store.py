@@ -55,14 +55,17 @@ _RETRY_PAUSE_S: Final = 0.002
 _POSTING_UNIQUE_CONSTRAINTS: Final = frozenset({"ledger_postings_pkey", "ledger_postings_reverses_key"})
 
 # the balance recorded on an account's last posting at or before a given seq (0 before its first)
+# ordered by (account, seq) like the indexes on them: ordered by seq alone, the planner may walk the seq key
+# backwards over every posting of the ledger for an account with few postings on one side
 _BALANCES_AFTER_SQL: Final = """
     SELECT a.account_id, coalesce((
         SELECT m.after_fen FROM (
             (SELECT seq, debit_balance_after_fen AS after_fen FROM ledger_postings
-             WHERE debit_account_id = a.account_id AND seq <= %(seq)s ORDER BY seq DESC LIMIT 1)
+             WHERE debit_account_id = a.account_id AND seq <= %(seq)s ORDER BY debit_account_id DESC, seq DESC LIMIT 1)
             UNION ALL
             (SELECT seq, credit_balance_after_fen FROM ledger_postings
-             WHERE credit_account_id = a.account_id AND seq <= %(seq)s ORDER BY seq DESC LIMIT 1)
+             WHERE credit_account_id = a.account_id AND seq <= %(seq)s
+             ORDER BY credit_account_id DESC, seq DESC LIMIT 1)
         ) AS m ORDER BY m.seq DESC LIMIT 1
     ), 0)
     FROM ledger_accounts a WHERE a.account_id = ANY(%(ids)s)

@@ -50,7 +50,9 @@ class Settings(BaseSettings):
         default=300, ge=0, description="how late a reading may arrive and still be charged in time order"
     )
     engine_batch_accounts: int = Field(default=2000, ge=1, le=100_000, description="accounts charged per transaction")
-    engine_poll_s: float = Field(default=1.0, gt=0, description="pause between runner sweeps when nothing is due")
+    engine_poll_s: float = Field(
+        default=0.1, gt=0, description="pause when nothing was charged (a new reading waits at most this long)"
+    )
     engine_full_sweep_s: float = Field(
         default=30.0, gt=0, description="between full sweeps; new readings' accounts are charged as they arrive"
     )
@@ -69,7 +71,11 @@ class Settings(BaseSettings):
         default=500, ge=0, description="disconnects sent per storm window before the rest wait for approval"
     )
     dispatch_storm_window_s: int = Field(default=600, ge=1, description="the storm limit's window")
-    dispatch_poll_s: float = Field(default=0.2, gt=0, description="longest wait for events between dispatcher steps")
+    dispatch_poll_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="longest wait for events between dispatcher steps (a new request waits this long)",
+    )
 
     @field_validator("timezone")
     @classmethod
