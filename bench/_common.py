@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import shutil
 import signal
@@ -37,6 +38,51 @@ PR_SET_PDEATHSIG = 1
 
 class BenchError(RuntimeError):
     """A benchmark step failed or timed out; the figures of the run are not valid."""
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def code_digest(paths: Sequence[str]) -> str:
+    """sha256 of the Python files under `paths` (relative to the repository): the code a benchmark measures."""
+    digest = hashlib.sha256()
+    for name in paths:
+        path = REPO_ROOT / name
+        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(str(file.relative_to(REPO_ROOT)).encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def check_measured_code(paths: Sequence[str], digest: str) -> None:
+    """Refuse to go on measuring code other than what the benchmark started with (others edit it meanwhile)."""
+    now = code_digest(paths)
+    if now != digest:
+        raise BenchError(f"the measured code changed during the benchmark ({digest} → {now}); rerun when it is stable")
+
+
+def code_fingerprint(paths: Sequence[str], digest: str) -> str:
+    """The commit and uncommitted changes of the measured code, and its digest: figures belong to the code."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False).stdout
+        except OSError:
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD").strip()
+    if not commit:
+        return f"code: {REPO_ROOT} is not a git checkout; sha256 of the measured code {digest}"
+    dirty = git("status", "--porcelain", "--", *paths)
+    changed = ", ".join(line[3:] for line in dirty.splitlines()) or "none"
+    return f"code: commit {commit}; uncommitted changes in the measured code: {changed}; its sha256 {digest}"
 
 
 def unique_token() -> str:

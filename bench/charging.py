@@ -29,11 +29,9 @@ import argparse
 import contextlib
 import cProfile
 import gc
-import hashlib
 import multiprocessing
 import os
 import pstats
-import subprocess
 import sys
 import threading
 import time
@@ -51,11 +49,15 @@ from sqlalchemy.engine import make_url
 from bench._common import (
     ADMIN_URL,
     BenchError,
+    check_measured_code,
+    code_digest,
+    code_fingerprint,
     database_url,
     die_with_parent,
     drop_database,
     fmt_int,
     format_table,
+    machine_ticks,
     median,
     ratio,
     run_bench,
@@ -424,13 +426,6 @@ def process_cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) * _TICK_S
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1117,52 +1112,17 @@ def report(r: Results, batches: Sequence[int]) -> str:
 # ================================================================ main
 
 
-def code_fingerprint() -> str:
-    """The commit, uncommitted changes to the engine code, and a digest of it: figures belong to the code measured."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False).stdout
-        except OSError:
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD").strip()
-    if not commit:
-        return f"code: {root} is not a git checkout; sha256 of the engine code {STARTUP_DIGEST}"
-    dirty = git("status", "--porcelain", "--", "headend", "prepay_engine")
-    changed = ", ".join(line[3:] for line in dirty.splitlines()) or "none"
-    return (
-        f"code: commit {commit}; uncommitted changes in headend/ and prepay_engine/: {changed}; "
-        f"sha256 of headend/engine, headend/ledger_store.py, the migrations and prepay_engine: {STARTUP_DIGEST}"
-    )
-
-
-def code_digest() -> str:
-    """A digest of the code the figures depend on: the engine, the ledger store, the migrations, the pure core."""
-    root = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for path in sorted(
-        [
-            *(root / "headend" / "engine").glob("*.py"),
-            root / "headend" / "ledger_store.py",
-            *(root / "headend" / "migrations" / "versions").glob("*.py"),
-            *(root / "prepay_engine").glob("*.py"),
-        ]
-    ):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
+# the code on the measured path: a change of any of it during a benchmark makes its runs incomparable
+MEASURED: Final = ("headend/engine", "headend/ledger_store.py", "headend/migrations", "prepay_engine")
 
 
 def check_code(digest: str) -> None:
     """Refuse to measure code other than what the run started with (others edit the engine concurrently)."""
-    now = code_digest()
-    if now != digest:
-        raise BenchError(f"the engine code changed during the run ({digest} → {now}); rerun when it is stable")
+    check_measured_code(MEASURED, digest)
 
 
 # what this process imported; spawned measurements check that they import the same
-STARTUP_DIGEST: Final = code_digest()
+STARTUP_DIGEST: Final = code_digest(MEASURED)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1385,7 +1345,7 @@ def run(args: argparse.Namespace) -> None:
     started = time.monotonic()
     r = Results()
     print(f"python -m bench.charging {' '.join(sys.argv[1:])}  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
-    print(code_fingerprint())
+    print(code_fingerprint(MEASURED, STARTUP_DIGEST))
     print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(
         f"engine settings: lateness_s {LATENESS_S:.0f}, batch_accounts {args.batch_sizes} (default {DEFAULT_BATCH}); "

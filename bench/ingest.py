@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import inspect
 import logging
 import math
 import multiprocessing
@@ -41,7 +39,7 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.sharedctypes import SynchronizedArray
 from multiprocessing.synchronize import Event
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as mqtt
@@ -53,10 +51,13 @@ from paho.mqtt.properties import Properties
 from bench._common import (
     BenchError,
     Broker,
+    code_digest,
+    code_fingerprint,
     create_session,
     die_with_parent,
     fmt_int,
     format_table,
+    machine_ticks,
     median,
     private_mosquitto,
     proc_status_kib,
@@ -473,13 +474,6 @@ def thread_ticks(pid: int) -> dict[int, int]:
     except OSError:
         return {}
     return {tid: cpu_ticks(f"/proc/{pid}/task/{tid}/stat") for tid in tids}
-
-
-def machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1127,27 +1121,8 @@ FULL = Plan(Fleet(50_000, 256), 12, 20_000, 5, Fleet(1_000_000, 1280), 5)
 QUICK = Plan(Fleet(10_000, 256), 6, 5_000, 2, Fleet(200_000, 1280), 5)
 
 
-def code_fingerprint() -> str:
-    """The commit, and whether the ingest code differs from it: figures belong to the code they measured."""
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False).stdout
-        except OSError:
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    dirty = git("status", "--porcelain", "--", "headend", "protocols")
-    changed = ", ".join(line[3:] for line in dirty.splitlines()) or "none"
-    digest = hashlib.sha256()
-    ingest_dir = Path(inspect.getfile(ReadingWriter)).parent
-    for path in sorted([*ingest_dir.glob("*.py"), *(ingest_dir.parent.parent / "protocols").glob("*.py")]):
-        digest.update(path.read_bytes())
-    return (
-        f"code: {ingest_dir.parent} at commit {commit}; uncommitted changes in headend/ and protocols/: {changed}; "
-        f"sha256(headend/ingest/*.py + protocols/*.py) {digest.hexdigest()[:12]}"
-    )
+# the code on the measured path
+MEASURED: Final = ("headend/ingest", "protocols")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1318,7 +1293,7 @@ def run(args: argparse.Namespace) -> None:
             args.worker_switch_interval,
         )
         print(f"python -m bench.ingest {' '.join(sys.argv[1:])}  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
-        print(code_fingerprint())
+        print(code_fingerprint(MEASURED, code_digest(MEASURED)))
         print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
         print(f"broker: {broker.description}")
         print(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import math
 import multiprocessing
 import os
@@ -57,9 +56,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench._common import (
     BenchError,
     Broker,
+    check_measured_code,
+    code_digest,
+    code_fingerprint,
     die_with_parent,
     fmt_int,
     format_table,
+    machine_ticks,
     median,
     private_mosquitto,
     purge_session,
@@ -80,7 +83,6 @@ from bench.charging import (
     Workload,
     check_generated_rows,
     cloned_database,
-    machine_ticks,
     process_cpu_s,
     template_database,
     template_open,
@@ -1326,42 +1328,11 @@ MEASURED: Final = (
     "simulators/command_responder.py",
     "simulators/relay_sim.py",
 )
-ROOT: Final = Path(__file__).resolve().parent.parent
-
-
-def code_digest() -> str:
-    """sha256 of the measured code (MEASURED)."""
-    digest = hashlib.sha256()
-    for name in MEASURED:
-        path = ROOT / name
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(str(file.relative_to(ROOT)).encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def code_fingerprint(digest: str) -> str:
-    """The commit and uncommitted changes of the measured code, and its digest: figures belong to the code."""
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout
-        except OSError:
-            return ""
-
-    commit = git("rev-parse", "--short", "HEAD").strip()
-    if not commit:
-        return f"code: {ROOT} is not a git checkout; sha256 of the measured code {digest}"
-    dirty = git("status", "--porcelain", "--", *MEASURED)
-    changed = ", ".join(line[3:] for line in dirty.splitlines()) or "none"
-    return f"code: commit {commit}; uncommitted changes in the measured code: {changed}; its sha256 {digest}"
 
 
 def check_code(digest: str) -> None:
     """Refuse to go on measuring code other than what the benchmark started with (others edit it meanwhile)."""
-    now = code_digest()
-    if now != digest:
-        raise BenchError(f"the measured code changed during the benchmark ({digest} → {now}); rerun when it is stable")
+    check_measured_code(MEASURED, digest)
 
 
 def default(name: str) -> object:
@@ -1437,8 +1408,8 @@ def run(args: argparse.Namespace) -> None:
     """Everything; the databases, the broker and the processes go whatever happens."""
     started = time.monotonic()
     print(f"python -m bench.reaction {' '.join(sys.argv[1:])}  ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
-    args.digest = code_digest()
-    print(code_fingerprint(args.digest))
+    args.digest = code_digest(MEASURED)
+    print(code_fingerprint(MEASURED, args.digest))
     print(f"machine: {os.cpu_count()} cores, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(describe_policy(POLICY) + f"; tariff {TARIFF.code}; no emergency credit")
     print(
