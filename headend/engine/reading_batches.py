@@ -24,18 +24,28 @@ class ReadingBatchFollower:
 
     def new_accounts(self) -> list[str]:
         """Accounts whose meter has a reading stored in a batch not seen before, in id order."""
-        rows = self._conn.execute(
-            "SELECT batch_id, meter_ids FROM reading_batches WHERE stored_at > now() - make_interval(secs => %s)",
-            (self._window_s,),
-        ).fetchall()
-        fresh = [r for r in rows if int(r[0]) not in self._seen]
+        in_window = {
+            int(r[0])
+            for r in self._conn.execute(
+                "SELECT batch_id FROM reading_batches WHERE stored_at > now() - make_interval(secs => %s)",
+                (self._window_s,),
+            )
+        }
+        fresh = sorted(in_window - self._seen)
         # forget what fell out of the window: it can't be returned again
-        self._seen = {int(r[0]) for r in rows}
-        meters = sorted({m for r in fresh for m in r[1]})
-        if not meters:
+        self._seen = in_window
+        if not fresh:
             return []
+        # only the new batches' meters travel: the window holds a minute of batches
         found = self._conn.execute(
-            "SELECT account_id FROM prepaid_accounts WHERE meter_id = ANY(%s) ORDER BY account_id", (meters,)
+            """
+            SELECT DISTINCT a.account_id
+            FROM reading_batches b CROSS JOIN LATERAL unnest(b.meter_ids) AS m(meter_id)
+            JOIN prepaid_accounts a ON a.meter_id = m.meter_id
+            WHERE b.batch_id = ANY(%s)
+            ORDER BY a.account_id
+            """,
+            (fresh,),
         ).fetchall()
         return [str(r[0]) for r in found]
 
