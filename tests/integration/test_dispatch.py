@@ -81,6 +81,12 @@ class Loop:
         ).fetchall()
         return [(str(r[0]), str(r[1]), str(r[2])) for r in rows]
 
+    def pay(self, n: int, channel: str) -> None:
+        """Credit account n with ¥500 through a channel, now (one transaction id per channel and test)."""
+        now = datetime.now(UTC)
+        top_up = TopUp(channel, f"{channel}-{self.prefix}", self.account(n), 50_000, now)
+        pay(self.conn, self.catalog, top_up, now=now, received_by="test")
+
     def requests(self, account_id: str) -> list[str]:
         rows = self.conn.execute(
             "SELECT request_id FROM command_requests WHERE account_id = %s ORDER BY sequence", (account_id,)
@@ -206,13 +212,7 @@ def test_a_payment_while_the_disconnect_is_pending_keeps_the_lights_on(loop_for:
     loop = loop_for()
     loop.exhaust(1)
     [disconnect_id] = loop.requests(loop.account(1))  # in the outbox, not taken by the dispatcher yet
-    pay(
-        loop.conn,
-        loop.catalog,
-        TopUp("wechat", f"WX-{loop.prefix}", loop.account(1), 50_000, datetime.now(UTC)),
-        now=datetime.now(UTC),
-        received_by="test",
-    )
+    loop.pay(1, "wechat")
     loop.until(
         lambda: [c[2] for c in loop.commands(loop.account(1))] == ["superseded", "confirmed"],
         "the disconnect superseded and the reconnect confirmed",
@@ -241,13 +241,7 @@ def test_a_payment_after_the_disconnect_reconnects_and_the_relay_confirms_it(loo
     loop = loop_for()
     loop.exhaust(1)
     loop.until(lambda: loop.supply(loop.account(1)) == "disconnected", "the disconnect")
-    pay(
-        loop.conn,
-        loop.catalog,
-        TopUp("alipay", f"AP-{loop.prefix}", loop.account(1), 50_000, datetime.now(UTC)),
-        now=datetime.now(UTC),
-        received_by="test",
-    )
+    loop.pay(1, "alipay")
     loop.until(lambda: loop.supply(loop.account(1)) == "connected", "the reconnect confirmed")
     assert [c[1:] for c in loop.commands(loop.account(1))] == [
         ("disconnect", "confirmed"),
@@ -288,13 +282,7 @@ def test_a_reconnect_allowed_meter_arms_and_closes_when_the_customer_presses(loo
     loop.exhaust(1)
     loop.conn.execute("UPDATE meters SET reconnect_mode = 'allowed' WHERE meter_id = %s", (loop.meter(1),))
     loop.until(lambda: loop.supply(loop.account(1)) == "disconnected", "the disconnect")
-    pay(
-        loop.conn,
-        loop.catalog,
-        TopUp("wechat", f"WX-{loop.prefix}", loop.account(1), 50_000, datetime.now(UTC)),
-        now=datetime.now(UTC),
-        received_by="test",
-    )
+    loop.pay(1, "wechat")
     loop.until(lambda: loop.supply(loop.account(1)) == "reconnect_allowed", "the meter armed")
     assert loop.responder.relay(loop.meter(1)) is RelayState.OPEN
     assert loop.responder.press_button(loop.meter(1))
