@@ -26,6 +26,7 @@ PostgreSQL at 127.0.0.1:5432, dropped on exit.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import cProfile
 import gc
@@ -66,7 +67,7 @@ from bench._common import (
     unique_token,
 )
 from headend import ledger_store
-from headend.db.engine import libpq_dsn
+from headend.db.engine import connect_utc, libpq_dsn
 from headend.db.partitions import ensure_partitions
 from headend.engine.accounts import OPERATOR_ACTOR, open_account
 from headend.engine.catalog import Catalog, put_policy, put_tariff
@@ -409,8 +410,8 @@ def cloned_database(template_url: str) -> Iterator[str]:
 
 
 def connect(url: str) -> Connection:
-    """An autocommit connection to a bench database."""
-    return psycopg.connect(libpq_dsn(url), autocommit=True)
+    """An autocommit connection to a bench database, as the engine's commands open theirs."""
+    return connect_utc(url)
 
 
 # ================================================================ CPU accounting
@@ -482,9 +483,16 @@ T = TypeVar("T")
 
 def in_own_process(fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)` in a fresh spawned process: the measured code shares no heap or GC with the benchmark's data."""
-    with multiprocessing.get_context("spawn").Pool(1, initializer=die_with_parent, maxtasksperchild=1) as pool:
-        result: T = pool.apply(fn, args)
+    with _spawned_processes(1) as pool:
+        result: T = pool.submit(fn, *args).result()
     return result
+
+
+def _spawned_processes(count: int) -> concurrent.futures.ProcessPoolExecutor:
+    """`count` fresh spawned worker processes, gone with the benchmark (a worker that dies fails the run loudly)."""
+    return concurrent.futures.ProcessPoolExecutor(
+        count, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+    )
 
 
 @contextlib.contextmanager
@@ -784,9 +792,9 @@ def parallel_runner_run(
     """`runners` runner processes sweeping one fresh copy at once (sharing it through SKIP LOCKED); their wall time."""
     with cloned_database(template_url) as url:
         start_at = time.time() + 5.0  # after every spawned process has imported and connected
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(runners, initializer=die_with_parent, maxtasksperchild=1) as pool:
-            results = pool.starmap(_sweep_from, [(url, batch_accounts, digest, start_at)] * runners)
+        with _spawned_processes(runners) as pool:
+            futures = [pool.submit(_sweep_from, url, batch_accounts, digest, start_at) for _ in range(runners)]
+            results = [f.result() for f in futures]
         stats = BatchStats()
         for one, _, _ in results:
             stats += one

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from headend.db.engine import libpq_dsn
+from headend.db.engine import connect_utc
 from headend.embedded import embedded_postgres
 from headend.settings import Settings
 
@@ -26,6 +26,6 @@ def database_url(settings: Settings) -> Iterator[str]:
 
 @contextlib.contextmanager
 def connect_database(url: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit psycopg connection (transactions are explicit) closed on exit."""
-    with psycopg.connect(libpq_dsn(url), autocommit=True) as conn:
+    """An autocommit psycopg connection (transactions are explicit), its session in UTC, closed on exit."""
+    with connect_utc(url) as conn:
         yield conn

@@ -37,9 +37,10 @@ Decisions:
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
@@ -646,8 +647,21 @@ def usage_day_postings(
     A posting never straddles a local midnight, so the balance at the end of a day (postings at or before it)
     holds exactly that day's usage.
     """
-    days = itertools.groupby(charges, key=lambda c: c.interval_start.astimezone(zone).date())
-    return tuple((usage_summary_posting(account_id, group), group) for group in (tuple(g) for _, g in days))
+    days: list[tuple[Posting | None, tuple[IntervalCharge, ...]]] = []
+    first = 0
+    while first < len(charges):
+        # the charges are in time order: the day's run ends at the first interval from the next local midnight
+        local_day = charges[first].interval_start.astimezone(zone).date()
+        next_midnight = datetime.combine(local_day + timedelta(days=1), time(0), tzinfo=zone)
+        after = bisect_left(charges, next_midnight, lo=first, key=_interval_start)
+        group = tuple(charges[first:after])
+        days.append((usage_summary_posting(account_id, group), group))
+        first = after
+    return tuple(days)
+
+
+def _interval_start(charge: IntervalCharge) -> datetime:
+    return charge.interval_start
 
 
 def _wrong_account(detail: str) -> Rejected:

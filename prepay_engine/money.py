@@ -75,7 +75,16 @@ class FenAccumulator:
     def add(self, amount_yuan: Decimal) -> tuple[FenAccumulator, int]:
         """The accumulator after charging `amount_yuan` (exact, >= 0), and the whole fen to charge for it."""
         _check_decimal(amount_yuan, "amount_yuan")
-        assert amount_yuan >= 0, amount_yuan
-        total_yuan = EXACT.add(self.exact_total_yuan, amount_yuan)
-        charged_fen = _round_fen(total_yuan)
+        total_yuan, charged_fen = accumulate(self.exact_total_yuan, amount_yuan)
         return FenAccumulator(total_yuan, charged_fen), charged_fen - self.charged_fen
+
+
+def accumulate(exact_total_yuan: Decimal, amount_yuan: Decimal) -> tuple[Decimal, int]:
+    """The running exact total after adding `amount_yuan` (exact, >= 0), and that total rounded to fen.
+
+    `FenAccumulator.add` without building the accumulator: a loop over many charges keeps the two numbers and
+    builds the accumulator once at the end.
+    """
+    assert amount_yuan >= 0, amount_yuan  # a NaN or an infinity fails this too, or traps in EXACT
+    total_yuan = EXACT.add(exact_total_yuan, amount_yuan)
+    return total_yuan, int(EXACT.multiply(total_yuan, _FEN_PER_YUAN).to_integral_value(rounding=ROUND_HALF_UP))

@@ -572,6 +572,40 @@ class _Piece:
     period: str | None
     base_price_yuan_per_kwh: Decimal
     tiers: TierSchedule | None
+    unit_prices_yuan_per_kwh: tuple[Decimal, ...]  # base price plus each tier's increment (the base alone untiered)
+    tier_uppers_wh: tuple[int, ...]  # upper edges of the bounded bands (none untiered)
+    # memo of `one_band_segments`: meters report the same few energies, priced the same way over and over
+    _one_band: dict[tuple[int, int], tuple[PricedSegment, ...]] = field(
+        default_factory=dict, repr=False, compare=False, hash=False
+    )
+
+    def one_band_segments(self, tier_index: int, energy_wh: int) -> tuple[PricedSegment, ...]:
+        """The segment of `energy_wh` (none for 0 Wh) when all of it falls in band `tier_index` of this piece."""
+        key = (tier_index, energy_wh)
+        found = self._one_band.get(key)
+        if found is None:
+            unit_price = self.unit_prices_yuan_per_kwh[tier_index]
+            found = (
+                ()
+                if energy_wh == 0
+                else (
+                    PricedSegment(
+                        self.version_index,
+                        self.period,
+                        tier_index,
+                        energy_wh,
+                        unit_price,
+                        energy_amount_yuan(energy_wh, unit_price),
+                    ),
+                )
+            )
+            if len(self._one_band) >= _ONE_BAND_MEMO_LIMIT:
+                self._one_band.clear()
+            self._one_band[key] = found
+        return found
+
+
+_ONE_BAND_MEMO_LIMIT = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -603,7 +637,16 @@ def _skeleton(tariff: Tariff, start_utc: datetime, end_utc: datetime) -> _Skelet
         version_index = tariff.version_index_at(sub_start)
         version = tariff.versions[version_index]
         period, base_price = version.base_price_at(sub_start.astimezone(tariff.zone))
-        pieces.append(_Piece(sub_start, sub_start in resets, version_index, period, base_price, version.tiers))
+        tiers = version.tiers
+        unit_prices = (
+            (base_price,)
+            if tiers is None
+            else tuple(EXACT.add(base_price, band.increment_yuan_per_kwh) for band in tiers.bands)
+        )
+        uppers = () if tiers is None else tuple(b.upper_wh for b in tiers.bands if b.upper_wh is not None)
+        pieces.append(
+            _Piece(sub_start, sub_start in resets, version_index, period, base_price, tiers, unit_prices, uppers)
+        )
     skeleton = _Skeleton(
         tuple(pieces), tuple((b - a) // _ONE_US for a, b in itertools.pairwise(points)), end_utc in resets
     )
@@ -622,12 +665,38 @@ def price_interval(
     """
     _require_aware(start, "start")
     _require_aware(end, "end")
+    start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
+    segments, amount_yuan, usage_after_wh = price_span(tariff, start_utc, end_utc, energy_wh, cycle_usage_wh)
+    return PricedInterval(start_utc, end_utc, energy_wh, segments, amount_yuan, usage_after_wh)
+
+
+def _price_in_one_band(
+    skeleton: _Skeleton, energy_wh: int, cycle_usage_wh: int
+) -> tuple[tuple[PricedSegment, ...], Decimal, int] | None:
+    """`price_span` of the common case, one piece (no boundary inside) all in one tier band; None otherwise."""
+    piece = skeleton.pieces[0]
+    usage_wh = 0 if piece.reset else cycle_usage_wh
+    uppers = piece.tier_uppers_wh
+    tier_index = bisect_right(uppers, usage_wh) if uppers else 0
+    if tier_index < len(uppers) and usage_wh + energy_wh > uppers[tier_index]:
+        return None
+    one = piece.one_band_segments(tier_index, energy_wh)
+    return one, one[0].amount_yuan if one else _ZERO, 0 if skeleton.reset_at_end else usage_wh + energy_wh
+
+
+def price_span(
+    tariff: Tariff, start_utc: datetime, end_utc: datetime, energy_wh: int, cycle_usage_wh: int
+) -> tuple[tuple[PricedSegment, ...], Decimal, int]:
+    """`price_interval` of UTC instants, as (segments, exact amount, cycle usage after) without the wrapper object."""
     assert energy_wh >= 0, energy_wh
     assert cycle_usage_wh >= 0, cycle_usage_wh
-    start_utc, end_utc = start.astimezone(UTC), end.astimezone(UTC)
-    assert start_utc < end_utc, (start, end)
+    assert start_utc < end_utc, (start_utc, end_utc)
     skeleton = _skeleton(tariff, start_utc, end_utc)
     pieces = skeleton.pieces
+    if len(pieces) == 1:
+        found = _price_in_one_band(skeleton, energy_wh, cycle_usage_wh)
+        if found is not None:
+            return found
     parts_wh = (energy_wh,) if len(pieces) == 1 else apportion_wh(energy_wh, skeleton.weights_us)
 
     segments: list[PricedSegment] = []
@@ -640,8 +709,7 @@ def price_interval(
         for tier_index, tier_wh in tier_parts:
             if tier_wh == 0:
                 continue
-            increment = _ZERO if tiers is None else tiers.bands[tier_index].increment_yuan_per_kwh
-            unit_price = EXACT.add(piece.base_price_yuan_per_kwh, increment)
+            unit_price = piece.unit_prices_yuan_per_kwh[tier_index]
             last = segments[-1] if segments else None
             if last is not None and (
                 last.version_index,
@@ -673,7 +741,8 @@ def price_interval(
     amount_yuan = _ZERO
     for segment in segments:
         amount_yuan = EXACT.add(amount_yuan, segment.amount_yuan)
-    return PricedInterval(start_utc, end_utc, energy_wh, tuple(segments), amount_yuan, usage_wh)
+    assert sum(s.energy_wh for s in segments) == energy_wh, (segments, energy_wh)
+    return tuple(segments), amount_yuan, usage_wh
 
 
 # --------------------------------------------------------------------------- examples (data, not policy)

@@ -42,15 +42,15 @@ from __future__ import annotations
 import functools
 import itertools
 from bisect import insort
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
-from prepay_engine.money import FenAccumulator
-from prepay_engine.tariffs import PricedSegment, Tariff, apportion_wh, price_interval
+from prepay_engine.money import FenAccumulator, accumulate
+from prepay_engine.tariffs import PricedSegment, Tariff, apportion_wh, price_span
 
 INTERVAL = timedelta(minutes=15)
 DEFAULT_REGISTER_MAX_WH = 999_999_990
@@ -156,9 +156,13 @@ class UsageAnomaly:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
-class IntervalCharge:
-    """The usage charge of one meter for one 15-minute interval."""
+class IntervalCharge(NamedTuple):
+    """The usage charge of one meter for one 15-minute interval.
+
+    A named tuple, not a frozen dataclass: one is built per meter and interval (millions an hour), and a frozen
+    dataclass costs five times as much to build. Its invariants are asserted where it is built (`_Run`):
+    energy ≥ 0, fen ≥ 0, a 15-minute interval, and the segments' energy summing to the interval's.
+    """
 
     charge_id: str
     meter_id: str
@@ -168,12 +172,6 @@ class IntervalCharge:
     segments: tuple[PricedSegment, ...]
     amount_yuan: Decimal  # exact
     amount_fen: int  # with the account's rounding residue carried
-
-    def __post_init__(self) -> None:
-        assert self.energy_wh >= 0
-        assert self.amount_fen >= 0
-        assert self.interval_end - self.interval_start == INTERVAL
-        assert sum(s.energy_wh for s in self.segments) == self.energy_wh
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +257,8 @@ class _Run:
         self.carried_wh = state.carried_wh
         self.consumed_wh = state.consumed_wh
         self.cycle_usage_wh = state.cycle_usage_wh
-        self.accumulator = state.accumulator
+        self.exact_total_yuan = state.accumulator.exact_total_yuan
+        self.charged_fen = state.accumulator.charged_fen
         self.pending_readings = list(state.pending_readings)
         self.pending_by_key = {(r.meter_id, r.ts): r for r in self.pending_readings}
         self.pending_replacements = list(state.pending_replacements)
@@ -278,7 +277,7 @@ class _Run:
             carried_wh=self.carried_wh,
             consumed_wh=self.consumed_wh,
             cycle_usage_wh=self.cycle_usage_wh,
-            accumulator=self.accumulator,
+            accumulator=FenAccumulator(self.exact_total_yuan, self.charged_fen),
             pending_readings=tuple(self.pending_readings),
             pending_replacements=tuple(self.pending_replacements),
             replacements=self.replacements,
@@ -382,6 +381,18 @@ class _Run:
                 self.pending_replacements.pop(0)
                 self.consume_replacement(event)
 
+    def consume_in_order(
+        self, readings: list[RegisterReading], complete_until: datetime, *, eager_on_grid: bool = False
+    ) -> None:
+        """`consume` for readings of the meter in service in strictly increasing time, none pending before."""
+        assert not self.pending_readings
+        assert not self.pending_replacements
+        for index, reading in enumerate(readings):
+            if reading.ts > complete_until and not (eager_on_grid and self.closes_next_interval(reading)):
+                self.pending_readings = readings[index:]
+                return
+            self.consume_reading(reading)
+
     def closes_next_interval(self, reading: RegisterReading) -> bool:
         """Whether the reading is the current meter's, exactly one interval after an on-grid anchor."""
         # Nothing that arrives later can change how such an interval is charged: an earlier reading inside it
@@ -446,44 +457,96 @@ class _Run:
         """Move the anchor to `to_ts`, spreading `energy_wh` uniformly since the anchor; charge closed intervals."""
         assert to_ts >= self.anchor_ts
         assert energy_wh >= 0
-        ends: list[datetime] = []
         end = self.charged_until + INTERVAL
-        while end <= to_ts:
-            ends.append(end)
-            end += INTERVAL
-        if to_ts == self.anchor_ts:
-            parts: Sequence[int] = (energy_wh,)
-        elif len(ends) == 1 and ends[0] == to_ts:
-            parts = (energy_wh, 0)  # the common case: one reading on the grid closes one interval
+        if to_ts == end:
+            # the common case: a reading on the grid closes exactly one interval
+            self.charge_interval(end, self.carried_wh + energy_wh)
+        elif to_ts < end:
+            self.carried_wh += energy_wh
+        elif to_ts < end + INTERVAL:
+            # one interval closed, the rest carried: `apportion_wh` over the two parts, inlined
+            before_us = (end - self.anchor_ts) // _ONE_US
+            whole_us = (to_ts - self.anchor_ts) // _ONE_US
+            closed_wh = (2 * energy_wh * before_us + whole_us) // (2 * whole_us)
+            self.charge_interval(end, self.carried_wh + closed_wh)
+            self.carried_wh = energy_wh - closed_wh
         else:
+            ends: list[datetime] = []
+            while end <= to_ts:
+                ends.append(end)
+                end += INTERVAL
             # each closed interval's share of the span, then the share of the still-open interval
             points = [self.anchor_ts, *ends, to_ts]
             parts = apportion_wh(energy_wh, [(b - a) // _ONE_US for a, b in itertools.pairwise(points)])
-        for end, part_wh in zip(ends, parts, strict=False):
-            interval_wh = self.carried_wh + part_wh
-            self.carried_wh = 0
-            start = self.charged_until
-            priced = price_interval(self.tariff, start, end, interval_wh, self.cycle_usage_wh)
-            self.accumulator, amount_fen = self.accumulator.add(priced.amount_yuan)
-            meter_id = self.open_interval_meter_id
-            self.charges.append(
-                IntervalCharge(
-                    charge_id=charge_id_for(meter_id, start),
-                    meter_id=meter_id,
-                    interval_start=start,
-                    interval_end=end,
-                    energy_wh=interval_wh,
-                    segments=priced.segments,
-                    amount_yuan=priced.amount_yuan,
-                    amount_fen=amount_fen,
-                )
-            )
-            self.cycle_usage_wh = priced.cycle_usage_after_wh
-            self.charged_until = end
-            self.open_interval_meter_id = self.meter.meter_id
-        self.carried_wh += parts[-1]
+            for end, part_wh in zip(ends, parts, strict=False):
+                self.charge_interval(end, self.carried_wh + part_wh)
+            self.carried_wh += parts[-1]
         self.consumed_wh += energy_wh
         self.anchor_ts = to_ts
+
+    def charge_interval(self, end: datetime, interval_wh: int) -> None:
+        """Charge the interval from `charged_until` to `end` with `interval_wh`; nothing is carried past it."""
+        start = self.charged_until
+        segments, amount_yuan, cycle_usage_after_wh = price_span(
+            self.tariff, start, end, interval_wh, self.cycle_usage_wh
+        )
+        charged_before_fen = self.charged_fen
+        self.exact_total_yuan, self.charged_fen = accumulate(self.exact_total_yuan, amount_yuan)
+        meter_id = self.open_interval_meter_id
+        # the IntervalCharge invariants (see there); price_span guarantees the segments' energy
+        assert interval_wh >= 0
+        assert self.charged_fen >= charged_before_fen
+        assert end - start == INTERVAL, (start, end)
+        self.charges.append(
+            IntervalCharge(
+                f"usage:{meter_id}:{_interval_stamp(start)}",
+                meter_id,
+                start,
+                end,
+                interval_wh,
+                segments,
+                amount_yuan,
+                self.charged_fen - charged_before_fen,
+            )
+        )
+        self.carried_wh = 0
+        self.cycle_usage_wh = cycle_usage_after_wh
+        self.charged_until = end
+        self.open_interval_meter_id = self.meter.meter_id
+
+
+def _plain_readings(state: UsageState, received: list[UsageEvent]) -> list[RegisterReading] | None:
+    """`received` in time order when receiving them one by one could only queue them (nothing to report), else None.
+
+    That is: nothing held from before, only readings of the meter in service, all after the anchor, at distinct
+    times (UTC) and within the register's range — the usual batch, which then needs no per-reading bookkeeping.
+    """
+    if state.pending_readings or state.pending_replacements:
+        return None
+    meter = state.meter
+    meter_id = meter.meter_id
+    register_max_wh = meter.register_max_wh
+    readings: list[RegisterReading] = []
+    for event in received:
+        if (
+            not isinstance(event, RegisterReading)
+            or event.meter_id != meter_id
+            or event.register_wh > register_max_wh
+            or event.ts.tzinfo is not UTC
+        ):
+            return None
+        readings.append(event)
+    readings.sort(key=_reading_ts)
+    if readings and readings[0].ts <= state.anchor_ts:
+        return None
+    for before, after in itertools.pairwise(readings):
+        if before.ts == after.ts:
+            return None
+    return readings
+
+
+def _reading_ts(reading: RegisterReading) -> datetime:
+    return reading.ts
 
 
 def charge_usage(
@@ -504,14 +567,18 @@ def charge_usage(
     assert complete_until.utcoffset() is not None, "complete_until must be timezone-aware"
     run = _Run(state, tariff)
     received = list(events)
-    # replacements first, so that a new meter's readings in the same batch are recognised
-    for event in received:
-        if isinstance(event, MeterReplacement):
-            run.receive_replacement(event)
-    for event in received:
-        if isinstance(event, RegisterReading):
-            run.receive_reading(event)
-    run.consume(complete_until.astimezone(UTC), eager_on_grid=eager_on_grid)
+    in_order = _plain_readings(state, received)
+    if in_order is not None:
+        run.consume_in_order(in_order, complete_until.astimezone(UTC), eager_on_grid=eager_on_grid)
+    else:
+        # replacements first, so that a new meter's readings in the same batch are recognised
+        for event in received:
+            if isinstance(event, MeterReplacement):
+                run.receive_replacement(event)
+        for event in received:
+            if isinstance(event, RegisterReading):
+                run.receive_reading(event)
+        run.consume(complete_until.astimezone(UTC), eager_on_grid=eager_on_grid)
     after = run.state()
     charged_wh = sum(c.energy_wh for c in run.charges)
     assert after.consumed_wh - after.carried_wh == state.consumed_wh - state.carried_wh + charged_wh

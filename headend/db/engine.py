@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import psycopg
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
 
@@ -50,3 +51,12 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
 def libpq_dsn(url: str) -> str:
     """The URL in the plain form psycopg.connect understands (no SQLAlchemy driver suffix)."""
     return make_url(normalise_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def connect_utc(url: str) -> psycopg.Connection[Any]:
+    """An autocommit psycopg connection to `url` whose session is in UTC: timestamps come back as stored.
+
+    psycopg returns a timestamptz in the session's zone; in UTC it is `datetime.UTC` itself, which the engine's
+    core takes as is (any other zone costs a conversion per reading).
+    """
+    return psycopg.connect(libpq_dsn(url), autocommit=True, options="-c TimeZone=UTC")

@@ -388,7 +388,8 @@ def _usage_events(
     # the constant bounds let PostgreSQL prune the readings partitions outside the window; the LATERAL (kept apart
     # by OFFSET 0) makes it an index range scan per meter: a join planned from the statistics of a partition
     # whose newest readings they don't know yet can turn into a scan of the whole partition (seconds a batch)
-    cur.execute(
+    readings = cur.connection.cursor()  # plain tuples: one row per reading, the most numerous rows of a batch
+    readings.execute(
         """
         SELECT q.account_id, r.meter_id, r.ts, r.energy_import_wh
         FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS q(account_id, meter_id, after_ts)
@@ -400,8 +401,12 @@ def _usage_events(
         """,
         (pair_accounts, pair_meters, pair_after, lowest, read_until),
     )
-    for row in cur.fetchall():
-        events[row["account_id"]].append(RegisterReading(row["meter_id"], row["ts"], row["energy_import_wh"]))
+    for account_id, meter_id, ts, register_wh in readings.fetchall():
+        # in UTC (psycopg gives the session's zone): the usage core then takes the batch as it comes
+        events[account_id].append(
+            RegisterReading(meter_id, ts if ts.tzinfo is UTC else ts.astimezone(UTC), register_wh)
+        )
+    readings.close()
     cur.execute(
         """
         SELECT q.account_id, min(n.ts) AS next_ts
