@@ -380,7 +380,7 @@ def template_open(url: str) -> Iterator[Connection]:
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     try:
-        with psycopg.connect(libpq_dsn(url), autocommit=True) as conn:
+        with connect(url) as conn:
             yield conn
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
@@ -859,11 +859,12 @@ def settle_run(
     *,
     invariants: bool,
     digest: str,
+    workers: int,
     profile: Path | None = None,
 ) -> SettleRun:
     """Time `settle_day` over the whole fleet on a fresh copy, in a process of its own; check its figures."""
     with cloned_database(template_url) as url:
-        settled, timed, again_s = in_own_process(_settle, url, batch_accounts, digest, profile)
+        settled, timed, again_s = in_own_process(_settle, url, batch_accounts, workers, digest, profile)
         with connect(url) as conn:
             check_charged(conn, settled.run, expected, expected.charges, "settlement")
             if settled.accounts != expected.accounts:
@@ -890,12 +891,22 @@ def settle_run(
     return SettleRun(settled, timed, again_s)
 
 
-def _settle(url: str, batch_accounts: int, digest: str, profile: Path | None) -> tuple[Settlement, Measured, float]:
+def _settle(
+    url: str, batch_accounts: int, workers: int, digest: str, profile: Path | None
+) -> tuple[Settlement, Measured, float]:
     check_code(digest)
     with connect(url) as conn:
         with Timed(conn) as timed, profiled(profile):
             settled = settle_day(
-                conn, Catalog(), DAY, ZONE, now=SETTLE_NOW, lateness_s=LATENESS_S, batch_accounts=batch_accounts
+                conn,
+                Catalog(),
+                DAY,
+                ZONE,
+                now=SETTLE_NOW,
+                lateness_s=LATENESS_S,
+                batch_accounts=batch_accounts,
+                workers=workers,
+                url=url,
             )
         started = time.perf_counter()
         # later, with no new reading: every account is looked at again and found with nothing to charge
@@ -907,6 +918,8 @@ def _settle(url: str, batch_accounts: int, digest: str, profile: Path | None) ->
             now=SETTLE_NOW + timedelta(minutes=15),
             lateness_s=LATENESS_S,
             batch_accounts=batch_accounts,
+            workers=workers,
+            url=url,
         )
         again_s = time.perf_counter() - started
         if again.run.charges or (again.day, again.arrears) != (settled.day, settled.arrears):
@@ -1150,6 +1163,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"(1) batch_accounts values, comma-separated (default {DEFAULT_BATCH},500,5000; the first gets --repeat "
         "runs, the others one each)",
     )
+    parser.add_argument(
+        "--settle-workers",
+        type=int,
+        default=Settings().settle_workers or os.cpu_count() or 1,
+        help="(2) settlement worker processes (default as `headend settle`: HEADEND_SETTLE_WORKERS, else one per CPU)",
+    )
     parser.add_argument("--parts", default="12", help="which parts to run, any of '12' (default both)")
     parser.add_argument(
         "--runners",
@@ -1291,7 +1310,9 @@ def part_settlement(args: argparse.Namespace, r: Results) -> None:
             flush=True,
         )
         for n in range(args.settle_repeat):
-            run = settle_run(tpl, b, expected, invariants=args.invariants and n == 0, digest=args.digest)
+            run = settle_run(
+                tpl, b, expected, invariants=args.invariants and n == 0, digest=args.digest, workers=args.settle_workers
+            )
             s, t = run.settlement, run.timed
             floor = settle_floor(tpl, s.run.postings, s.run.charges, b)
             r.add("settle_accounts", s.accounts)
@@ -1324,7 +1345,8 @@ def part_settlement(args: argparse.Namespace, r: Results) -> None:
             )
         if args.profile_dir:
             path = args.profile_dir / "settlement.prof"
-            run = settle_run(tpl, b, expected, invariants=False, digest=args.digest, profile=path)
+            # in one process, so that the profile sees the charging
+            run = settle_run(tpl, b, expected, invariants=False, digest=args.digest, workers=1, profile=path)
             print(f"  (profiled settlement, not counted: {run.settlement.accounts / run.timed.wall_s:,.0f} accounts/s)")
             print_profile(path)
     r.notes["(2) the same day settled again later: every account looked at, nothing left to charge [s]"] = (

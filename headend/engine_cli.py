@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -337,6 +338,10 @@ def settle_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     limit: Annotated[int, typer.Option(min=0, help="Accounts in arrears to list.")] = 50,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Processes that charge (default HEADEND_SETTLE_WORKERS, 0 there: one per CPU)."),
+    ] = None,
 ) -> None:
     """Charge what is still uncharged, then report the day's usage and the accounts in arrears at its end."""
     try:
@@ -358,6 +363,8 @@ def settle_command(
                 now=datetime.now(UTC),
                 lateness_s=settings.engine_lateness_s,
                 batch_accounts=settings.engine_batch_accounts,
+                workers=workers or settings.settle_workers or os.cpu_count() or 1,
+                url=url,
             )
         except SettlementError as exc:
             raise _fail(str(exc)) from None

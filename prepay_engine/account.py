@@ -527,6 +527,21 @@ class PrepaidAccount:
         account, decision, commands, notifications = self._conclude(ledger, now)
         return Decided(account, decision, commands, notifications)
 
+    def is_quiet_at(self, balance_fen: int) -> bool:
+        """True when deciding now could change nothing: no notification, no relay command, the same account.
+
+        That is an account above every warning (so outside any low-balance episode, its credit not exhausted),
+        with no notice of an episode to forget, no command pending and its supply connected: the policy would
+        answer NoAction. A store may skip the decision of such an account after charging it.
+        """
+        return (
+            balance_fen > self.policy.episode_ceiling_fen
+            and not self.in_episode
+            and not self.notices
+            and self.pending is None
+            and self.supply is SupplyState.CONNECTED
+        )
+
     def decide_at(self, balance_fen: int, emergency_credit_outstanding_fen: int, now: datetime) -> Decided:
         """Apply the policy at `now` to balances read elsewhere (a store that holds the ledger)."""
         _require_aware(now, "now")

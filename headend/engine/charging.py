@@ -312,12 +312,16 @@ def _charge_locked(
         if not work.decide:
             continue
         account_id = work.account.account_id
+        balance_fen = balances[prepaid_account_id(account_id)].balance_fen
+        decided += 1
+        if work.account.is_quiet_at(balance_fen):
+            wake[account_id] = None  # the policy's answer would be NoAction (see there); most accounts, most days
+            continue
         step = work.account.decide_at(
-            balances[prepaid_account_id(account_id)].balance_fen,
+            balance_fen,
             balances[emergency_credit_account_id(account_id)].balance_fen,
             now,
         )
-        decided += 1
         work.account = step.account
         notifications.extend(step.notifications)
         commands.extend(step.commands)

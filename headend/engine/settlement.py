@@ -8,6 +8,8 @@ the same figures from the same data, so a re-run replaces the record instead of 
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -15,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
+from headend.db.engine import connect_utc
 from headend.engine.catalog import Catalog
 from headend.engine.charging import BatchStats, charge_accounts
 
@@ -90,8 +93,14 @@ def settle_day(
     now: datetime,
     lateness_s: float,
     batch_accounts: int,
+    workers: int = 1,
+    url: str | None = None,
 ) -> Settlement:
-    """Charge the zone's accounts up to now minus lateness (the day must be over by then); record the day."""
+    """Charge the zone's accounts up to now minus lateness (the day must be over by then); record the day.
+
+    With `workers` > 1 the charging is shared among that many processes, each with its own connection to `url`
+    and its own part of the accounts (by a hash of the account id); the day is reported once all are done.
+    """
     start, end = day_bounds_utc(day, zone)
     cu = now - timedelta(seconds=lateness_s)
     if cu < end:
@@ -99,24 +108,110 @@ def settle_day(
             f"{day.isoformat()} ends at {end.isoformat()}; readings may arrive until "
             f"{(end + timedelta(seconds=lateness_s)).isoformat()}, settle after that"
         )
-    run = BatchStats()
+    assert workers >= 1, workers
     _pass_over_idle(conn, zone, now=now, complete_until=cu)
-    after = ""
-    while True:
-        rows = conn.execute(
-            "SELECT account_id FROM prepaid_accounts WHERE account_id > %s AND zone = %s AND seen_until < %s "
-            "ORDER BY account_id LIMIT %s",
-            (after, zone.key, cu, batch_accounts),
-        ).fetchall()
-        if not rows:
-            break
-        ids = [str(r[0]) for r in rows]
-        run += charge_accounts(conn, catalog, ids, now=now, complete_until=cu, lateness_s=lateness_s, wait=True)
-        after = ids[-1]
+    run = BatchStats()
+    if workers > 1 and _left_to_charge(conn, zone, cu) >= workers * batch_accounts:
+        if url is None:
+            raise ValueError("settling with several worker processes needs the database URL")
+        run += _charge_in_processes(
+            url, zone, now=now, complete_until=cu, lateness_s=lateness_s, batch_accounts=batch_accounts, workers=workers
+        )
+    # alone, or after the workers: whatever is left (nothing, unless a runner committed behind them)
+    run += charge_partition(
+        conn, catalog, zone, now=now, complete_until=cu, lateness_s=lateness_s, batch_accounts=batch_accounts
+    )
     with conn.transaction():
         settlement = _report(conn, day, zone, start, end, run)
         _record(conn, settlement)
     return settlement
+
+
+def _left_to_charge(conn: Connection, zone: ZoneInfo, complete_until: datetime) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM prepaid_accounts WHERE zone = %s AND seen_until < %s", (zone.key, complete_until)
+    ).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def charge_partition(
+    conn: Connection,
+    catalog: Catalog,
+    zone: ZoneInfo,
+    *,
+    now: datetime,
+    complete_until: datetime,
+    lateness_s: float,
+    batch_accounts: int,
+    part: int = 0,
+    parts: int = 1,
+) -> BatchStats:
+    """Charge, batch after batch, the zone's accounts not seen up to `complete_until` in hash part `part` of `parts`."""
+    assert 0 <= part < parts, (part, parts)
+    run = BatchStats()
+    after = ""
+    while True:
+        rows = conn.execute(
+            "SELECT account_id FROM prepaid_accounts WHERE account_id > %s AND zone = %s AND seen_until < %s "
+            "AND (hashtext(account_id) & 2147483647) %% %s = %s ORDER BY account_id LIMIT %s",
+            (after, zone.key, complete_until, parts, part, batch_accounts),
+        ).fetchall()
+        if not rows:
+            return run
+        ids = [str(r[0]) for r in rows]
+        run += charge_accounts(
+            conn, catalog, ids, now=now, complete_until=complete_until, lateness_s=lateness_s, wait=True
+        )
+        after = ids[-1]
+
+
+def _charge_in_processes(
+    url: str,
+    zone: ZoneInfo,
+    *,
+    now: datetime,
+    complete_until: datetime,
+    lateness_s: float,
+    batch_accounts: int,
+    workers: int,
+) -> BatchStats:
+    """`charge_partition` of each of `workers` parts in a process of its own; their stats added up."""
+    spawn = multiprocessing.get_context("spawn")  # no inherited connection, lock or thread
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=spawn) as pool:
+        futures = [
+            pool.submit(
+                _charge_part_in_process, url, zone.key, now, complete_until, lateness_s, batch_accounts, part, workers
+            )
+            for part in range(workers)
+        ]
+        run = BatchStats()
+        for future in futures:
+            run += future.result()  # a worker's failure fails the settlement (what it committed stays committed)
+    return run
+
+
+def _charge_part_in_process(
+    url: str,
+    zone_key: str,
+    now: datetime,
+    complete_until: datetime,
+    lateness_s: float,
+    batch_accounts: int,
+    part: int,
+    parts: int,
+) -> BatchStats:
+    with connect_utc(url) as conn:
+        return charge_partition(
+            conn,
+            Catalog(),
+            ZoneInfo(zone_key),
+            now=now,
+            complete_until=complete_until,
+            lateness_s=lateness_s,
+            batch_accounts=batch_accounts,
+            part=part,
+            parts=parts,
+        )
 
 
 def _pass_over_idle(conn: Connection, zone: ZoneInfo, *, now: datetime, complete_until: datetime) -> None:

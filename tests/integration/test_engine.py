@@ -436,6 +436,35 @@ def test_settlement_charges_the_rest_of_the_day_and_reports_arrears(conn: Conn) 
     assert datetime.now(UTC) > NOW  # the fixed clock is in the past of the real one
 
 
+def test_settlement_workers_charge_every_account_once_as_one_process_would(database_url: str, conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    meters = [f"m{i}" for i in range(12)]
+    register(conn, meters)
+    for i, meter_id in enumerate(meters):
+        _open(conn, catalog, f"a{i}", meter_id)
+        store_readings(conn, series(meter_id, DAY_START + STEP, 96, STEP, 1_000_000 + 100 * i, 300 + 10 * i))
+    day = date(2026, 11, 20)
+    # batches of 2 accounts: more than workers × batch are left, so three processes share the charging
+    settled = settle_day(
+        conn, catalog, day, SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=2, workers=3, url=database_url
+    )
+    assert (settled.run.accounts, settled.run.charges) == (12, 12 * 96)
+    assert count(conn, "SELECT count(DISTINCT charge_id) FROM usage_charges") == 12 * 96
+    charged = dict(conn.execute("SELECT account_id, sum(amount_fen) FROM usage_charges GROUP BY account_id").fetchall())
+    for i, meter_id in enumerate(meters):
+        alone = _pure_outcome(
+            meter_id,
+            series(meter_id, DAY_START + STEP, 96, STEP, 1_000_000 + 100 * i, 300 + 10 * i),
+            register_wh=1_000_000,
+        )
+        assert charged[f"a{i}"] == sum(c.amount_fen for c in alone.usage.charges), f"a{i}"
+    again = settle_day(
+        conn, catalog, day, SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=2, workers=3, url=database_url
+    )
+    assert again.run.charges == 0
+    assert (again.day, again.arrears) == (settled.day, settled.arrears)
+
+
 def test_settlement_covers_the_accounts_of_its_zone(conn: Conn) -> None:
     catalog = seed_catalog(conn)
     register(conn, ["m1", "m2"])

@@ -648,6 +648,18 @@ class AccountMachine(RuleBasedStateMachine):
         kept = {n.threshold_fen if isinstance(n, SentWarning) else None for n in self.account.notices}
         assert kept == self.warned | ({None} if self.zero_at is not None else set())
 
+    @invariant()
+    def a_quiet_account_would_decide_nothing(self) -> None:
+        # the runner skips the decision of a quiet account: deciding it must change nothing at all
+        if not self.account.is_quiet_at(self.balance):
+            return
+        event("quiet: the decision may be skipped")
+        step = self.account.decide_at(self.balance, self.ec_outstanding, self.now)
+        assert step.account == self.account
+        assert step.commands == ()
+        assert step.notifications == ()
+        assert step.wake_at is None
+
 
 AccountMachine.TestCase.settings = settings(
     max_examples=200,
