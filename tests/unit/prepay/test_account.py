@@ -37,6 +37,7 @@ from prepay_engine.ledger import (
     PostingKind,
     Rejected,
     check_invariants,
+    emergency_credit_account_id,
     house_accounts,
     prepaid_account_id,
     usage_posting,
@@ -513,6 +514,41 @@ def test_emergency_credit_counts_as_credit_until_lent_and_is_repaid_first() -> N
     assert isinstance(paid.payment, ToppedUp)
     assert paid.payment.split == Split(1_000, 0, 4_000)
     assert balance(ledger) == 5_000
+
+
+def test_emergency_credit_is_an_allowance_borrowing_it_explicitly_changes_neither_the_cut_nor_the_debt() -> None:
+    # The rule: emergency credit is there to be used without asking (as on a prepayment meter, or a 透支额度):
+    # the supply is cut when balance + emergency credit not yet borrowed reaches the threshold. A customer who
+    # borrows it explicitly only moves it from the allowance to the receivable, and a top-up repays it first.
+    terms = PaymentTerms(emergency_credit_fen=1_000)
+    outcomes = []
+    for borrows in (False, True):
+        ledger = new_ledger()
+        account = new_account(ledger, policy=NO_NOTICE, terms=terms)
+        account = ok(account.apply_top_up(ledger, pay("T1", 500, OPENED), OPENED)).account
+        if borrows:
+            account = ok(account.lend_emergency_credit(ledger, "L1", OPENED, OPENED)).account
+        cut_at = None
+        charged_before_cut_fen = 0
+        # 1 kWh a quarter hour from 08:00 (peak, ¥0.5583): ¥5 of balance and ¥10 of emergency credit run out
+        for k in range(1, 40):
+            ts = local(3, 10, 8) + k * INTERVAL
+            charged_before_cut_fen = ledger.balance_fen(REVENUE_ACCOUNT_ID)
+            step = ok(account.apply_readings(ledger, [reading(ts, 1_000 * k)], ts, ts))
+            account = step.account
+            if step.commands:
+                assert step.commands[0].action is RelayAction.DISCONNECT
+                cut_at = ts
+                break
+        assert cut_at is not None
+        charged_fen = ledger.balance_fen(REVENUE_ACCOUNT_ID)
+        assert charged_before_cut_fen < 500 + 1_000 <= charged_fen  # cut exactly when the allowance ran out
+        paid = ok(account.apply_top_up(ledger, pay("T2", 5_000, cut_at), cut_at))
+        outstanding = ledger.balance_fen(emergency_credit_account_id("A-1"))
+        outcomes.append((cut_at, charged_fen, balance(ledger), outstanding, [c.action for c in paid.commands]))
+    assert outcomes[0] == outcomes[1]
+    _, charged_fen, balance_after_fen, outstanding_fen, actions = outcomes[0]
+    assert (balance_after_fen, outstanding_fen, actions) == (500 + 5_000 - charged_fen, 0, [RelayAction.RECONNECT])
 
 
 def test_requests_for_another_account_are_refused() -> None:
