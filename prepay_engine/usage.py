@@ -102,17 +102,16 @@ class MeterRegister:
         return None
 
 
-@dataclass(frozen=True, slots=True)
-class RegisterReading:
-    """One import-energy register value of one meter at an aware instant."""
+class RegisterReading(NamedTuple):
+    """One import-energy register value of one meter at an aware instant.
+
+    A named tuple for the reason `IntervalCharge` is one: a runner builds one per stored reading. `charge_usage`
+    checks what a constructor would: a naive time is refused (ValueError), a negative register reported.
+    """
 
     meter_id: str
     ts: datetime
     register_wh: int
-
-    def __post_init__(self) -> None:
-        assert self.ts.utcoffset() is not None, "reading time must be timezone-aware"
-        assert self.register_wh >= 0, self.register_wh
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +304,8 @@ class _Run:
         insort(self.pending_replacements, replace(event, at=at), key=lambda p: p.at)
 
     def receive_reading(self, reading: RegisterReading) -> None:
+        if reading.ts.utcoffset() is None:
+            raise ValueError(f"reading of meter {reading.meter_id} at {reading.ts!r}: the time must be timezone-aware")
         ts = reading.ts.astimezone(UTC)
         if ts <= self.anchor_ts:
             if (
@@ -328,12 +329,12 @@ class _Run:
         if meter is None:
             self.report(AnomalyKind.UNKNOWN_METER, reading.meter_id, ts, "meter not in service on this account")
             return
-        if reading.register_wh > meter.register_max_wh:
+        if not 0 <= reading.register_wh <= meter.register_max_wh:
             self.report(
                 AnomalyKind.REGISTER_OUT_OF_RANGE,
                 reading.meter_id,
                 ts,
-                f"register {reading.register_wh} Wh above the meter's maximum {meter.register_max_wh} Wh",
+                f"register {reading.register_wh} Wh outside the meter's range 0..{meter.register_max_wh} Wh",
             )
             return
         held = self.pending_by_key.get((reading.meter_id, ts))
@@ -531,7 +532,7 @@ def _plain_readings(state: UsageState, received: list[UsageEvent]) -> list[Regis
         if (
             not isinstance(event, RegisterReading)
             or event.meter_id != meter_id
-            or event.register_wh > register_max_wh
+            or not 0 <= event.register_wh <= register_max_wh
             or event.ts.tzinfo is not UTC
         ):
             return None

@@ -433,3 +433,15 @@ def test_replacement_in_any_arrival_order_keeps_consumption_continuous(
         charges.extend(result.charges)
         state = result.state
     assert charges == list(reference.charges)
+
+
+def test_a_naive_reading_time_is_refused_and_a_negative_register_reported() -> None:
+    state = open_usage(METER, local(2026, 3, 5, 10, 0), 50_000)
+    naive = datetime(2026, 3, 5, 10, 15)  # noqa: DTZ001 -- on purpose
+    with pytest.raises(ValueError, match="timezone-aware"):
+        charge(state, RegisterReading("m-1", naive, 50_400))
+    result = charge(state, reading(local(2026, 3, 5, 10, 15), -10), reading(local(2026, 3, 5, 10, 30), 50_400))
+    assert [(a.kind, a.ts) for a in result.anomalies] == [
+        (AnomalyKind.REGISTER_OUT_OF_RANGE, local(2026, 3, 5, 10, 15).astimezone(UTC))
+    ]
+    assert energies(result) == [200, 200]  # the next plausible reading charges the whole span
