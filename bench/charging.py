@@ -72,7 +72,7 @@ from headend.db.partitions import ensure_partitions
 from headend.engine.accounts import OPERATOR_ACTOR, open_account
 from headend.engine.catalog import Catalog, put_policy, put_tariff
 from headend.engine.charging import BatchStats
-from headend.engine.runner import EngineRunner
+from headend.engine.runner import EngineRunner, tune_gc_for_batches
 from headend.engine.settlement import Settlement, day_end_utc, settle_day
 from headend.settings import Settings
 from prepay_engine.account import usage_postings
@@ -768,6 +768,7 @@ def runner_run(
 
 def _sweep(url: str, batch_accounts: int, digest: str, profile: Path | None) -> tuple[BatchStats, Measured]:
     check_code(digest)
+    tune_gc_for_batches()  # as `headend engine` does
     with connect(url) as conn:
         runner = EngineRunner(conn, LATENESS_S, batch_accounts, clock=lambda: RUNNER_NOW)
         with Timed(conn) as timed, profiled(profile):
@@ -778,6 +779,7 @@ def _sweep(url: str, batch_accounts: int, digest: str, profile: Path | None) -> 
 def _sweep_from(url: str, batch_accounts: int, digest: str, start_at: float) -> tuple[BatchStats, float, float]:
     """One runner's sweep, started at the wall-clock instant `start_at` (so that runners overlap); its span."""
     check_code(digest)
+    tune_gc_for_batches()  # as `headend engine` does
     with connect(url) as conn:
         runner = EngineRunner(conn, LATENESS_S, batch_accounts, clock=lambda: RUNNER_NOW)
         time.sleep(max(0.0, start_at - time.time()))
@@ -895,6 +897,7 @@ def _settle(
     url: str, batch_accounts: int, workers: int, digest: str, profile: Path | None
 ) -> tuple[Settlement, Measured, float]:
     check_code(digest)
+    tune_gc_for_batches()  # as `headend settle` does
     with connect(url) as conn:
         with Timed(conn) as timed, profiled(profile):
             settled = settle_day(

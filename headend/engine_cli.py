@@ -15,7 +15,7 @@ import typer
 from headend import ledger_store, payment_store
 from headend.engine.accounts import AccountError, open_account, pay, replace_meter, reverse_payment, set_flags
 from headend.engine.catalog import Catalog, CatalogError, put_calendar_year, put_policy, put_tariff
-from headend.engine.runner import EngineRunner, utc_now
+from headend.engine.runner import EngineRunner, tune_gc_for_batches, utc_now
 from headend.engine.settlement import SettlementError, settle_day
 from headend.services import connect_database, database_url
 from headend.settings import Settings
@@ -316,6 +316,7 @@ def engine_command(
 ) -> None:
     """Charge newly committed readings and apply the disconnect policy until stopped (SIGTERM/SIGINT)."""
     settings = _settings()
+    tune_gc_for_batches()
     with database_url(settings) as url, connect_database(url) as conn, stop_on_signals() as stop:
         runner = EngineRunner(
             conn,
@@ -353,6 +354,7 @@ def settle_command(
         tz = settings.zone if zone is None else ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise typer.BadParameter(f"unknown time zone {zone!r} (an IANA name such as Asia/Shanghai)") from None
+    tune_gc_for_batches()
     with database_url(settings) as url, connect_database(url) as conn:
         try:
             settled = settle_day(

@@ -12,6 +12,7 @@ the failing account is isolated; that account is logged and put back for later, 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -30,6 +31,20 @@ log = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[Any]
 RETRY_FAILED_AFTER = timedelta(minutes=5)
+GC_FIRST_THRESHOLD = 50_000
+
+
+def tune_gc_for_batches() -> None:
+    """Fewer, cheaper garbage collections in a process that charges batches (`headend engine`, settlement workers).
+
+    A batch makes hundreds of thousands of short-lived objects, almost none in cycles. At the default threshold
+    (700 allocations) the collector runs thousands of times a batch, and its older generations walk everything
+    the batch holds, again and again. What the process loaded before (modules, tariffs, calendars) is frozen out
+    of the collector's sight, and a collection waits for 50,000 allocations. The runner sweep ran 36 % faster
+    with it (median of 3, docs/benchmarks.md).
+    """
+    gc.freeze()
+    gc.set_threshold(GC_FIRST_THRESHOLD, 20, 20)
 
 
 def utc_now() -> datetime:

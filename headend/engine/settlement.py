@@ -20,6 +20,7 @@ import psycopg
 from headend.db.engine import connect_utc
 from headend.engine.catalog import Catalog
 from headend.engine.charging import BatchStats, charge_accounts
+from headend.engine.runner import tune_gc_for_batches
 
 Connection = psycopg.Connection[Any]
 
@@ -200,6 +201,7 @@ def _charge_part_in_process(
     part: int,
     parts: int,
 ) -> BatchStats:
+    tune_gc_for_batches()
     with connect_utc(url) as conn:
         return charge_partition(
             conn,
