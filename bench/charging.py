@@ -1364,9 +1364,13 @@ def part_settlement(args: argparse.Namespace, r: Results) -> None:
     r.notes["(2) the COPY of the postings into `ledger_postings` itself (indexes, checks, foreign keys) [s]"] = (
         f"{r.med('floor_copy_ledger_s'):,.1f}"
     )
-    r.notes[f"(2) Python / PostgreSQL backend CPU, share of the settlement's wall time (batch {b}); machine busy"] = (
-        f"{r.med('settle_python'):.0%} / {r.med('settle_backend'):.0%}; "
-        + " · ".join(f"{v:.0%}" for v in r.runs["settle_busy"])
+    workers = (
+        "" if args.settle_workers == 1 else f", the main process only: its {args.settle_workers} workers not counted"
+    )
+    r.notes[
+        f"(2) Python / PostgreSQL backend CPU, share of the settlement's wall time (batch {b}{workers}); machine busy"
+    ] = f"{r.med('settle_python'):.0%} / {r.med('settle_backend'):.0%}; " + " · ".join(
+        f"{v:.0%}" for v in r.runs["settle_busy"]
     )
     r.notes[f"(2) one runner batch of {b} accounts at {args.settle_accounts:,} accounts / a settlement batch [s]"] = (
         f"{r.med('runner_batch_s'):.2f} / {r.med('settle_batch_s'):.2f}"
