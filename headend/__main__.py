@@ -2,4 +2,5 @@
 
 from headend.cli import app
 
-app()
+if __name__ == "__main__":  # not when a spawned worker process (settlement) imports this module again
+    app()
