@@ -112,25 +112,29 @@ def settle_day(
     assert workers >= 1, workers
     _pass_over_idle(conn, zone, now=now, complete_until=cu)
     run = BatchStats()
-    if workers > 1 and _left_to_charge(conn, zone, cu) >= workers * batch_accounts:
+    # worth starting workers only if each gets a batch at least; counting stops there (a scan of the zone at most)
+    left = _left_to_charge(conn, zone, cu, at_most=workers * batch_accounts) if workers > 1 else None
+    if left is not None and left >= workers * batch_accounts:
         if url is None:
             raise ValueError("settling with several worker processes needs the database URL")
         run += _charge_in_processes(
             url, zone, now=now, complete_until=cu, lateness_s=lateness_s, batch_accounts=batch_accounts, workers=workers
         )
-    # alone, or after the workers: whatever is left (nothing, unless a runner committed behind them)
-    run += charge_partition(
-        conn, catalog, zone, now=now, complete_until=cu, lateness_s=lateness_s, batch_accounts=batch_accounts
-    )
+    if left != 0:
+        # alone, or after the workers: whatever is left (nothing, unless a runner committed behind them)
+        run += charge_partition(
+            conn, catalog, zone, now=now, complete_until=cu, lateness_s=lateness_s, batch_accounts=batch_accounts
+        )
     with conn.transaction():
         settlement = _report(conn, day, zone, start, end, run)
         _record(conn, settlement)
     return settlement
 
 
-def _left_to_charge(conn: Connection, zone: ZoneInfo, complete_until: datetime) -> int:
+def _left_to_charge(conn: Connection, zone: ZoneInfo, complete_until: datetime, *, at_most: int) -> int:
     row = conn.execute(
-        "SELECT count(*) FROM prepaid_accounts WHERE zone = %s AND seen_until < %s", (zone.key, complete_until)
+        "SELECT count(*) FROM (SELECT 1 FROM prepaid_accounts WHERE zone = %s AND seen_until < %s LIMIT %s) AS t",
+        (zone.key, complete_until, at_most),
     ).fetchone()
     return 0 if row is None else int(row[0])
 
