@@ -87,4 +87,4 @@ def accumulate(exact_total_yuan: Decimal, amount_yuan: Decimal) -> tuple[Decimal
     """
     assert amount_yuan >= 0, amount_yuan  # a NaN or an infinity fails this too, or traps in EXACT
     total_yuan = EXACT.add(exact_total_yuan, amount_yuan)
-    return total_yuan, int(EXACT.multiply(total_yuan, _FEN_PER_YUAN).to_integral_value(rounding=ROUND_HALF_UP))
+    return total_yuan, _round_fen(total_yuan)

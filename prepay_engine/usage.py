@@ -500,7 +500,7 @@ class _Run:
         assert end - start == INTERVAL, (start, end)
         self.charges.append(
             IntervalCharge(
-                f"usage:{meter_id}:{_interval_stamp(start)}",
+                charge_id_for(meter_id, start),
                 meter_id,
                 start,
                 end,
