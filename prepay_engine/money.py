@@ -7,6 +7,10 @@ A run of charges must add up to the exact total rounded *once*, not to the sum o
 rounded charges (a million charges of 0.0016749 yuan would otherwise be 0 fen each, or 1 fen each).
 `FenAccumulator` carries the rounding residue: each charge is the difference between the rounded
 running totals after and before it.
+
+A loop over many charges may keep the running total as an integer number of pico-yuan (10⁻¹² yuan:
+every amount of a price with up to 9 decimals is a whole number of them) and round it with integers;
+`to_pico_yuan` says when an amount cannot be, and the loop then goes on in `Decimal`.
 """
 
 from __future__ import annotations
@@ -77,6 +81,31 @@ class FenAccumulator:
         _check_decimal(amount_yuan, "amount_yuan")
         total_yuan, charged_fen = accumulate(self.exact_total_yuan, amount_yuan)
         return FenAccumulator(total_yuan, charged_fen), charged_fen - self.charged_fen
+
+
+PICO_YUAN_PER_YUAN = 10**12
+_PICO_YUAN_PER_FEN = PICO_YUAN_PER_YUAN // FEN_PER_YUAN
+
+
+def to_pico_yuan(amount_yuan: Decimal) -> int | None:
+    """`amount_yuan` as a whole number of 10⁻¹² yuan; None if it has more decimals than that."""
+    scaled = amount_yuan.scaleb(12, context=EXACT)
+    whole = int(scaled)
+    return whole if scaled == whole else None
+
+
+def pico_yuan_to_yuan(amount_pico_yuan: int) -> Decimal:
+    """Exact yuan of a whole number of 10⁻¹² yuan, without trailing zeros after the point."""
+    amount_yuan = Decimal(amount_pico_yuan).scaleb(-12, context=EXACT)
+    if amount_yuan == amount_yuan.to_integral_value():
+        return amount_yuan.quantize(Decimal(1), context=EXACT)
+    return amount_yuan.normalize(context=EXACT)
+
+
+def round_pico_yuan_to_fen(amount_pico_yuan: int) -> int:
+    """`round_yuan_to_fen` of a non-negative amount in 10⁻¹² yuan, with integers only."""
+    assert amount_pico_yuan >= 0, amount_pico_yuan
+    return (amount_pico_yuan + _PICO_YUAN_PER_FEN // 2) // _PICO_YUAN_PER_FEN
 
 
 def accumulate(exact_total_yuan: Decimal, amount_yuan: Decimal) -> tuple[Decimal, int]:

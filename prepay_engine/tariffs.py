@@ -32,10 +32,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from functools import lru_cache
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 from zoneinfo import ZoneInfo
 
-from prepay_engine.money import EXACT, energy_amount_yuan
+from prepay_engine.money import EXACT, energy_amount_yuan, to_pico_yuan
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 ALL_MONTHS = frozenset(range(1, 13))
@@ -562,6 +562,14 @@ def _day_boundaries_utc(schedule: DailySchedule, zone: ZoneInfo, day: date) -> t
     return tuple(datetime.combine(day, t, tzinfo=zone).astimezone(UTC) for t in schedule.boundaries())
 
 
+class OneBandPrice(NamedTuple):
+    """The price of energy that falls in one tier band of one piece: its segment (none for 0 Wh) and amount."""
+
+    segments: tuple[PricedSegment, ...]
+    amount_yuan: Decimal
+    amount_pico_yuan: int | None  # `money.to_pico_yuan` of the amount
+
+
 @dataclass(frozen=True, slots=True)
 class _Piece:
     """A sub-interval of one version, period and base price; the tier cycle resets at its start if `reset`."""
@@ -574,31 +582,22 @@ class _Piece:
     tiers: TierSchedule | None
     unit_prices_yuan_per_kwh: tuple[Decimal, ...]  # base price plus each tier's increment (the base alone untiered)
     tier_uppers_wh: tuple[int, ...]  # upper edges of the bounded bands (none untiered)
-    # memo of `one_band_segments`: meters report the same few energies, priced the same way over and over
-    _one_band: dict[tuple[int, int], tuple[PricedSegment, ...]] = field(
-        default_factory=dict, repr=False, compare=False, hash=False
-    )
+    # memo of `one_band`: meters report the same few energies, priced the same way over and over
+    _one_band: dict[tuple[int, int], OneBandPrice] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
-    def one_band_segments(self, tier_index: int, energy_wh: int) -> tuple[PricedSegment, ...]:
-        """The segment of `energy_wh` (none for 0 Wh) when all of it falls in band `tier_index` of this piece."""
+    def one_band(self, tier_index: int, energy_wh: int) -> OneBandPrice:
+        """The price of `energy_wh` (no segment for 0 Wh) when all of it falls in band `tier_index` of this piece."""
         key = (tier_index, energy_wh)
         found = self._one_band.get(key)
         if found is None:
             unit_price = self.unit_prices_yuan_per_kwh[tier_index]
-            found = (
+            amount_yuan = _ZERO if energy_wh == 0 else energy_amount_yuan(energy_wh, unit_price)
+            segments = (
                 ()
                 if energy_wh == 0
-                else (
-                    PricedSegment(
-                        self.version_index,
-                        self.period,
-                        tier_index,
-                        energy_wh,
-                        unit_price,
-                        energy_amount_yuan(energy_wh, unit_price),
-                    ),
-                )
+                else (PricedSegment(self.version_index, self.period, tier_index, energy_wh, unit_price, amount_yuan),)
             )
+            found = OneBandPrice(segments, amount_yuan, to_pico_yuan(amount_yuan))
             if len(self._one_band) >= _ONE_BAND_MEMO_LIMIT:
                 self._one_band.clear()
             self._one_band[key] = found
@@ -670,9 +669,7 @@ def price_interval(
     return PricedInterval(start_utc, end_utc, energy_wh, segments, amount_yuan, usage_after_wh)
 
 
-def _price_in_one_band(
-    skeleton: _Skeleton, energy_wh: int, cycle_usage_wh: int
-) -> tuple[tuple[PricedSegment, ...], Decimal, int] | None:
+def _price_in_one_band(skeleton: _Skeleton, energy_wh: int, cycle_usage_wh: int) -> tuple[OneBandPrice, int] | None:
     """`price_span` of the common case, one piece (no boundary inside) all in one tier band; None otherwise."""
     piece = skeleton.pieces[0]
     usage_wh = 0 if piece.reset else cycle_usage_wh
@@ -680,8 +677,18 @@ def _price_in_one_band(
     tier_index = bisect_right(uppers, usage_wh) if uppers else 0
     if tier_index < len(uppers) and usage_wh + energy_wh > uppers[tier_index]:
         return None
-    one = piece.one_band_segments(tier_index, energy_wh)
-    return one, one[0].amount_yuan if one else _ZERO, 0 if skeleton.reset_at_end else usage_wh + energy_wh
+    return piece.one_band(tier_index, energy_wh), 0 if skeleton.reset_at_end else usage_wh + energy_wh
+
+
+def price_in_one_band(
+    tariff: Tariff, start_utc: datetime, end_utc: datetime, energy_wh: int, cycle_usage_wh: int
+) -> tuple[OneBandPrice, int] | None:
+    """The price and the cycle usage after, when [start, end) has no boundary inside and all its energy falls in
+    one tier band (the common case, memoised); None otherwise (`price_span` then)."""
+    skeleton = tariff._skeletons.get((start_utc, end_utc)) or _skeleton(tariff, start_utc, end_utc)
+    if len(skeleton.pieces) != 1:
+        return None
+    return _price_in_one_band(skeleton, energy_wh, cycle_usage_wh)
 
 
 def price_span(
@@ -696,7 +703,8 @@ def price_span(
     if len(pieces) == 1:
         found = _price_in_one_band(skeleton, energy_wh, cycle_usage_wh)
         if found is not None:
-            return found
+            one, usage_after_wh = found
+            return one.segments, one.amount_yuan, usage_after_wh
     parts_wh = (energy_wh,) if len(pieces) == 1 else apportion_wh(energy_wh, skeleton.weights_us)
 
     segments: list[PricedSegment] = []

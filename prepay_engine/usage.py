@@ -49,8 +49,14 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import NamedTuple, TypeAlias
 
-from prepay_engine.money import FenAccumulator, accumulate
-from prepay_engine.tariffs import PricedSegment, Tariff, apportion_wh, price_span
+from prepay_engine.money import (
+    FenAccumulator,
+    accumulate,
+    pico_yuan_to_yuan,
+    round_pico_yuan_to_fen,
+    to_pico_yuan,
+)
+from prepay_engine.tariffs import PricedSegment, Tariff, apportion_wh, price_in_one_band, price_span
 
 INTERVAL = timedelta(minutes=15)
 DEFAULT_REGISTER_MAX_WH = 999_999_990
@@ -256,6 +262,9 @@ class _Run:
         self.carried_wh = state.carried_wh
         self.consumed_wh = state.consumed_wh
         self.cycle_usage_wh = state.cycle_usage_wh
+        # the running total in pico-yuan while every amount is a whole number of them (integer rounding is a
+        # fraction of Decimal's cost), else in `exact_total_yuan` (then None)
+        self.total_pico_yuan = to_pico_yuan(state.accumulator.exact_total_yuan)
         self.exact_total_yuan = state.accumulator.exact_total_yuan
         self.charged_fen = state.accumulator.charged_fen
         self.pending_readings = list(state.pending_readings)
@@ -276,11 +285,28 @@ class _Run:
             carried_wh=self.carried_wh,
             consumed_wh=self.consumed_wh,
             cycle_usage_wh=self.cycle_usage_wh,
-            accumulator=FenAccumulator(self.exact_total_yuan, self.charged_fen),
+            accumulator=FenAccumulator(self.total_yuan(), self.charged_fen),
             pending_readings=tuple(self.pending_readings),
             pending_replacements=tuple(self.pending_replacements),
             replacements=self.replacements,
         )
+
+    def total_yuan(self) -> Decimal:
+        """The exact running total of the account's charges."""
+        return self.exact_total_yuan if self.total_pico_yuan is None else pico_yuan_to_yuan(self.total_pico_yuan)
+
+    def add_to_total(self, amount_yuan: Decimal, amount_pico_yuan: int | None) -> int:
+        """Add a charge's exact amount to the running total; the fen charged for it (the rounding residue carried)."""
+        assert amount_yuan >= 0, amount_yuan
+        charged_before_fen = self.charged_fen
+        if self.total_pico_yuan is not None and amount_pico_yuan is not None:
+            self.total_pico_yuan += amount_pico_yuan
+            self.charged_fen = round_pico_yuan_to_fen(self.total_pico_yuan)
+        else:
+            self.exact_total_yuan, self.charged_fen = accumulate(self.total_yuan(), amount_yuan)
+            self.total_pico_yuan = None
+        assert self.charged_fen >= charged_before_fen
+        return self.charged_fen - charged_before_fen
 
     def report(self, kind: AnomalyKind, meter_id: str, ts: datetime, detail: str) -> None:
         self.anomalies.append(UsageAnomaly(kind, meter_id, ts, detail))
@@ -392,7 +418,56 @@ class _Run:
             if reading.ts > complete_until and not (eager_on_grid and self.closes_next_interval(reading)):
                 self.pending_readings = readings[index:]
                 return
-            self.consume_reading(reading)
+            end = self.charged_until + INTERVAL
+            if end <= reading.ts < end + INTERVAL and reading.register_wh >= self.anchor_register_wh:
+                self.close_one_interval(end, reading.ts, reading.register_wh)
+            else:
+                self.consume_reading(reading)
+
+    def close_one_interval(self, end: datetime, to_ts: datetime, register_wh: int) -> None:
+        """`consume_reading` of the commonest reading: the current meter's, no wrap, closing the open interval
+        (ending at `end`) and no other.
+
+        `advance` and `charge_interval` fused for that case (a runner's loop spends its time here); the general
+        path gives the same (tests/unit/prepay/test_usage_shortcuts.py).
+        """
+        start = self.charged_until
+        energy_wh = (register_wh - self.anchor_register_wh) * self.meter.multiplier
+        if to_ts == end:
+            closed_wh = energy_wh
+        else:
+            # `apportion_wh` over the closed and the open part, inlined as in `advance`
+            before_us = (end - self.anchor_ts) // _ONE_US
+            whole_us = (to_ts - self.anchor_ts) // _ONE_US
+            closed_wh = (2 * energy_wh * before_us + whole_us) // (2 * whole_us)
+        interval_wh = self.carried_wh + closed_wh
+        one_band = price_in_one_band(self.tariff, start, end, interval_wh, self.cycle_usage_wh)
+        if one_band is None:
+            segments, amount_yuan, self.cycle_usage_wh = price_span(
+                self.tariff, start, end, interval_wh, self.cycle_usage_wh
+            )
+            amount_pico_yuan = to_pico_yuan(amount_yuan)
+        else:
+            (segments, amount_yuan, amount_pico_yuan), self.cycle_usage_wh = one_band
+        meter_id = self.open_interval_meter_id
+        self.charges.append(
+            IntervalCharge(
+                charge_id_for(meter_id, start),
+                meter_id,
+                start,
+                end,
+                interval_wh,
+                segments,
+                amount_yuan,
+                self.add_to_total(amount_yuan, amount_pico_yuan),
+            )
+        )
+        self.consumed_wh += energy_wh
+        self.carried_wh = energy_wh - closed_wh
+        self.charged_until = end
+        self.anchor_ts = to_ts
+        self.anchor_register_wh = register_wh
+        self.open_interval_meter_id = self.meter.meter_id
 
     def closes_next_interval(self, reading: RegisterReading) -> bool:
         """Whether the reading is the current meter's, exactly one interval after an on-grid anchor."""
@@ -491,12 +566,10 @@ class _Run:
         segments, amount_yuan, cycle_usage_after_wh = price_span(
             self.tariff, start, end, interval_wh, self.cycle_usage_wh
         )
-        charged_before_fen = self.charged_fen
-        self.exact_total_yuan, self.charged_fen = accumulate(self.exact_total_yuan, amount_yuan)
+        amount_fen = self.add_to_total(amount_yuan, to_pico_yuan(amount_yuan))
         meter_id = self.open_interval_meter_id
         # the IntervalCharge invariants (see there); price_span guarantees the segments' energy
         assert interval_wh >= 0
-        assert self.charged_fen >= charged_before_fen
         assert end - start == INTERVAL, (start, end)
         self.charges.append(
             IntervalCharge(
@@ -507,7 +580,7 @@ class _Run:
                 interval_wh,
                 segments,
                 amount_yuan,
-                self.charged_fen - charged_before_fen,
+                amount_fen,
             )
         )
         self.carried_wh = 0

@@ -14,7 +14,10 @@ from prepay_engine.money import (
     FenAccumulator,
     energy_amount_yuan,
     fen_to_yuan,
+    pico_yuan_to_yuan,
+    round_pico_yuan_to_fen,
     round_yuan_to_fen,
+    to_pico_yuan,
     yuan_to_fen,
 )
 
@@ -137,3 +140,30 @@ def test_charges_never_drift_from_the_exact_running_total(amounts: list[Decimal]
         assert abs(charged_fen - exact_fen) <= Fraction(1, 2)
     assert charged_fen == round_yuan_to_fen(sum(amounts, Decimal(0)))
     assert accumulator.charged_fen == charged_fen
+
+
+# --------------------------------------------------------------------------- pico-yuan running totals
+
+
+@given(st.integers(min_value=0, max_value=10**22), st.integers(min_value=0, max_value=12))
+def test_pico_yuan_round_like_the_decimal_amount(units: int, decimals: int) -> None:
+    amount_yuan = Decimal(units).scaleb(-decimals)
+    pico_yuan = to_pico_yuan(amount_yuan)
+    assert pico_yuan is not None
+    assert pico_yuan_to_yuan(pico_yuan) == amount_yuan
+    assert round_pico_yuan_to_fen(pico_yuan) == round_yuan_to_fen(amount_yuan)
+
+
+def test_an_amount_finer_than_a_pico_yuan_has_no_pico_yuan_form() -> None:
+    assert to_pico_yuan(Decimal("0.0000000000001")) is None
+    assert to_pico_yuan(Decimal("12.3456789012345")) is None
+    assert to_pico_yuan(Decimal("1E+3")) == 10**15
+
+
+def test_pico_yuan_back_to_yuan_keeps_no_trailing_zeros() -> None:
+    assert str(pico_yuan_to_yuan(12_345_678_900_000)) == "12.3456789"
+    assert str(pico_yuan_to_yuan(100 * 10**12)) == "100"
+    assert str(pico_yuan_to_yuan(0)) == "0"
+    # the half fen rounds up, as ROUND_HALF_UP does
+    assert round_pico_yuan_to_fen(5 * 10**9) == 1
+    assert round_pico_yuan_to_fen(5 * 10**9 - 1) == 0

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prepay_engine import tariffs, usage
+from prepay_engine.money import FenAccumulator, round_yuan_to_fen
 from prepay_engine.tariffs import (
     SHANGHAI,
     example_commercial_tou_with_summer_critical_peak,
@@ -78,8 +79,9 @@ def charge_both(
     complete_until: datetime,
     *,
     eager: bool,
+    accumulator: FenAccumulator | None = None,
 ) -> tuple[UsageResult, UsageResult]:
-    state = open_usage(METER, OPEN_AT, opening_wh, cycle_usage_wh=cycle_usage_wh)
+    state = open_usage(METER, OPEN_AT, opening_wh, cycle_usage_wh=cycle_usage_wh, accumulator=accumulator)
     fast = charge_usage(state, events, JIANGSU, complete_until=complete_until, eager_on_grid=eager)
     with general_path_only():
         general = charge_usage(state, events, JIANGSU, complete_until=complete_until, eager_on_grid=eager)
@@ -92,6 +94,8 @@ def charge_both(
     st.sampled_from([0, BAND_1_WH - 3_000, BAND_2_WH - 500, BAND_2_WH + 1]),
     st.integers(0, 30),
     st.booleans(),
+    # the running total so far: none, whole pico-yuan, or finer (the charges then add up in Decimal)
+    st.sampled_from(["0", "12.3456789", "0.0049999", "7.0000000000004"]),
     st.data(),
 )
 def test_the_shortcuts_charge_exactly_as_the_general_path(
@@ -99,13 +103,18 @@ def test_the_shortcuts_charge_exactly_as_the_general_path(
     cycle_usage_wh: int,
     promised_readings: int,
     eager: bool,
+    total_so_far: str,
     data: st.DataObject,
 ) -> None:
     opening_wh, readings = series
     events = with_trouble(data, readings)
     # the promise covers some of the readings; eager charging may go beyond it
     complete_until = readings[min(promised_readings, len(readings) - 1)].ts - timedelta(microseconds=1)
-    fast, general = charge_both(opening_wh, events, cycle_usage_wh, complete_until, eager=eager)
+    exact_yuan = Decimal(total_so_far)
+    accumulator = FenAccumulator(exact_yuan, round_yuan_to_fen(exact_yuan))
+    fast, general = charge_both(
+        opening_wh, events, cycle_usage_wh, complete_until, eager=eager, accumulator=accumulator
+    )
     assert fast == general
 
 
@@ -161,3 +170,26 @@ def test_the_shortcuts_are_taken_for_the_usual_batch_and_not_for_a_troubled_one(
     skeleton = tariffs._skeleton(JIANGSU, OPEN_AT, OPEN_AT + timedelta(minutes=15))
     assert tariffs._price_in_one_band(skeleton, 1_000, 0) is not None
     assert tariffs._price_in_one_band(skeleton, 1_000, BAND_1_WH - 500) is None  # crosses into the second band
+
+
+def test_the_one_interval_step_is_taken_on_and_just_after_the_grid() -> None:
+    # meters report on the grid or some minutes after it: each such reading closes one interval, the fused step
+    taken: list[datetime] = []
+    step = usage._Run.close_one_interval
+
+    def counted(run: usage._Run, end: datetime, to_ts: datetime, register_wh: int) -> None:
+        taken.append(to_ts)
+        step(run, end, to_ts, register_wh)
+
+    offsets = [15, 30, 45, 67, 82, 104, 150, 157, 170]
+    readings = [
+        RegisterReading("m-1", OPEN_AT + timedelta(minutes=m), 1_000_000 + 130 * k) for k, m in enumerate(offsets, 1)
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(usage._Run, "close_one_interval", counted)
+        fast, general = charge_both(1_000_000, readings, 0, OPEN_AT + timedelta(hours=3), eager=False)
+    assert fast == general
+    # +150 closes three intervals at once (after a gap) and +157 none: the general step; the others one each
+    general_steps = {OPEN_AT + timedelta(minutes=150), OPEN_AT + timedelta(minutes=157)}
+    assert taken == [r.ts for r in readings if r.ts not in general_steps]
+    assert [c.interval_end for c in fast.charges] == [OPEN_AT + timedelta(minutes=15 * k) for k in range(1, 12)]
