@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     false,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -170,19 +171,22 @@ class LedgerPosting(Base):
     __table_args__ = (
         Index("ix_ledger_postings_debit_account_seq", "debit_account_id", "seq"),
         Index("ix_ledger_postings_credit_account_seq", "credit_account_id", "seq"),
+        Index("ledger_postings_reverses_key", "reverses", unique=True, postgresql_where=text("reverses IS NOT NULL")),
     )
+    # the references (debit and credit accounts, reversed posting) are checked once per statement by the trigger
+    # ledger_postings_references_exist instead of foreign keys: migration 0011
 
     posting_id: Mapped[str] = mapped_column(Text, primary_key=True)
-    debit_account_id: Mapped[str] = mapped_column(ForeignKey("ledger_accounts.account_id"))
-    credit_account_id: Mapped[str] = mapped_column(ForeignKey("ledger_accounts.account_id"))
+    debit_account_id: Mapped[str] = mapped_column(Text)
+    credit_account_id: Mapped[str] = mapped_column(Text)
     amount_fen: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     reference: Mapped[str] = mapped_column(Text, server_default="")
-    reverses: Mapped[str | None] = mapped_column(ForeignKey("ledger_postings.posting_id"), unique=True)
+    reverses: Mapped[str | None] = mapped_column(Text)
     overdraw: Mapped[bool] = mapped_column(Boolean, server_default=false())
     debit_balance_after_fen: Mapped[int] = mapped_column(BigInteger)
     credit_balance_after_fen: Mapped[int] = mapped_column(BigInteger)
-    batch_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    batch_id: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(BigInteger, Identity(always=False), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

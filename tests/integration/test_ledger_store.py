@@ -230,6 +230,34 @@ def test_postings_are_append_only(db: Conn) -> None:
     assert count(db, "SELECT amount_fen FROM ledger_postings") == 100
 
 
+def test_ledger_accounts_stay_while_postings_refer_to_them(db: Conn) -> None:
+    chart = _chart(db)
+    assert isinstance(store.post_batch(db, [top_up(chart, "t1", 100)]), Posted)
+    for sql in (
+        "DELETE FROM ledger_accounts",
+        "UPDATE ledger_accounts SET account_id = account_id || ':old'",
+        "TRUNCATE ledger_accounts CASCADE",
+    ):
+        with pytest.raises(errors.RestrictViolation, match="ledger accounts stay"):
+            db.execute(sql)
+    assert store.check_invariants(db) == ()
+
+
+def test_one_posting_to_a_missing_account_refuses_the_whole_statement(db: Conn) -> None:
+    chart = _chart(db)
+    columns = (
+        "posting_id, debit_account_id, credit_account_id, amount_fen, kind, at, reverses, overdraw, "
+        "debit_balance_after_fen, credit_balance_after_fen, batch_id, seq"
+    )
+    good = ("c1", chart.wechat, chart.prepaid("a"), 1, "top_up", AT, None, False, 0, 0, 2000, 2000)
+    missing = ("c2", chart.wechat, "customer:nobody:prepaid", 1, "top_up", AT, None, False, 0, 0, 2000, 2001)
+    with pytest.raises(errors.ForeignKeyViolation, match="c2 refers to what does not exist"):
+        with db.transaction(), db.cursor().copy(f"COPY ledger_postings ({columns}) FROM STDIN") as copy:
+            copy.write_row(good)
+            copy.write_row(missing)
+    assert count(db, "SELECT count(*) FROM ledger_postings WHERE posting_id IN ('c1', 'c2')") == 0
+
+
 def test_check_constraints_mirror_the_rules_the_schema_can_express(db: Conn) -> None:
     chart = _chart(db)
     store.post_batch(db, [top_up(chart, "t1", 100)])
