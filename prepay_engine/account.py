@@ -36,6 +36,7 @@ Decisions:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
@@ -102,6 +103,7 @@ from prepay_engine.usage import (
     UsageResult,
     UsageState,
     charge_usage,
+    interval_stamp,
     open_usage,
 )
 
@@ -124,6 +126,7 @@ __all__ = [
     "Step",
     "TopUpApplied",
     "command_request_id",
+    "is_quiet",
     "notification_request_id",
     "open_account",
     "usage_day_postings",
@@ -534,12 +537,13 @@ class PrepaidAccount:
         with no notice of an episode to forget, no command pending and its supply connected: the policy would
         answer NoAction. A store may skip the decision of such an account after charging it.
         """
-        return (
-            balance_fen > self.policy.episode_ceiling_fen
-            and not self.in_episode
-            and not self.notices
-            and self.pending is None
-            and self.supply is SupplyState.CONNECTED
+        return is_quiet(
+            self.policy,
+            balance_fen,
+            in_episode=self.in_episode,
+            has_notices=bool(self.notices),
+            has_pending=self.pending is not None,
+            supply=self.supply,
         )
 
     def decide_at(self, balance_fen: int, emergency_credit_outstanding_fen: int, now: datetime) -> Decided:
@@ -624,6 +628,25 @@ class PrepaidAccount:
         return after, decision, tuple(commands), tuple(notifications)
 
 
+def is_quiet(
+    policy: PolicyConfig,
+    balance_fen: int,
+    *,
+    in_episode: bool,
+    has_notices: bool,
+    has_pending: bool,
+    supply: SupplyState,
+) -> bool:
+    """`PrepaidAccount.is_quiet_at` from the parts it looks at (a store can tell without building the account)."""
+    return (
+        balance_fen > policy.episode_ceiling_fen
+        and not in_episode
+        and not has_notices
+        and not has_pending
+        and supply is SupplyState.CONNECTED
+    )
+
+
 def usage_postings(account_id: str, charges: Iterable[IntervalCharge]) -> tuple[Posting, ...]:
     """The ledger postings of usage charges: one per charge of at least 1 fen, id = charge id, time = interval end."""
     return tuple(
@@ -647,7 +670,7 @@ def usage_summary_posting(account_id: str, charges: Sequence[IntervalCharge]) ->
     if amount_fen == 0:
         return None
     first, last = charges[0], charges[-1]
-    posting_id = f"usage:{account_id}:{first.interval_start:%Y%m%dT%H%MZ}-{last.interval_end:%Y%m%dT%H%MZ}"
+    posting_id = f"usage:{account_id}:{interval_stamp(first.interval_start)}-{interval_stamp(last.interval_end)}"
     energy_wh = sum(c.energy_wh for c in charges)
     return usage_posting(
         account_id, posting_id, amount_fen, last.interval_end, f"{len(charges)} intervals, {energy_wh} Wh"
@@ -666,13 +689,20 @@ def usage_day_postings(
     first = 0
     while first < len(charges):
         # the charges are in time order: the day's run ends at the first interval from the next local midnight
-        local_day = charges[first].interval_start.astimezone(zone).date()
-        next_midnight = datetime.combine(local_day + timedelta(days=1), time(0), tzinfo=zone)
-        after = bisect_left(charges, next_midnight, lo=first, key=_interval_start)
+        after = bisect_left(
+            charges, _next_local_midnight(charges[first].interval_start, zone), lo=first, key=_interval_start
+        )
         group = tuple(charges[first:after])
         days.append((usage_summary_posting(account_id, group), group))
         first = after
     return tuple(days)
+
+
+@functools.lru_cache(maxsize=8192)
+def _next_local_midnight(instant: datetime, zone: ZoneInfo) -> datetime:
+    # every account charges the same grid: each interval start is converted once
+    local_day = instant.astimezone(zone).date()
+    return datetime.combine(local_day + timedelta(days=1), time(0), tzinfo=zone)
 
 
 def _interval_start(charge: IntervalCharge) -> datetime:

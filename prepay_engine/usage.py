@@ -74,11 +74,12 @@ def floor_to_interval(instant: datetime) -> datetime:
 
 def charge_id_for(meter_id: str, interval_start: datetime) -> str:
     """Idempotency key of the usage charge of `meter_id` for the interval starting at `interval_start`."""
-    return f"usage:{meter_id}:{_interval_stamp(interval_start)}"
+    return f"usage:{meter_id}:{interval_stamp(interval_start)}"
 
 
 @functools.lru_cache(maxsize=8192)
-def _interval_stamp(interval_start: datetime) -> str:
+def interval_stamp(interval_start: datetime) -> str:
+    """An interval boundary as ids write it, e.g. 20261120T0415Z (UTC)."""
     # every account charges the same grid: formatting each instant once saves most of the id's cost
     return f"{interval_start.astimezone(UTC):%Y%m%dT%H%MZ}"
 

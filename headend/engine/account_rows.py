@@ -40,6 +40,8 @@ STATE_COLUMNS: Final = (
     "charged_exact_yuan",
     "charged_fen",
 )
+# the STATE_COLUMNS of the charging state alone (`usage_values` gives them in this order)
+USAGE_COLUMNS: Final = STATE_COLUMNS[STATE_COLUMNS.index("usage_meter_id") :]
 # the columns `account_from_row` reads, in this order
 ACCOUNT_COLUMNS: Final = (
     "account_id",
@@ -148,19 +150,13 @@ def _command(account_id: str, data: Mapping[str, Any] | None) -> RelayCommand | 
     )
 
 
-def account_from_row(
-    row: Mapping[str, Any],
-    tariff: Tariff,
-    policy: PolicyConfig,
-    history: Sequence[AccountMeter],
-    calendar: WorkdayCalendar = CHINA_MAINLAND,
-) -> PrepaidAccount:
-    """The pure account of a `prepaid_accounts` row (ACCOUNT_COLUMNS) and its meter history (by installation)."""
+def usage_state_from_row(row: Mapping[str, Any], history: Sequence[AccountMeter]) -> UsageState:
+    """The charging state of a `prepaid_accounts` row (ACCOUNT_COLUMNS) and its meter history (by installation)."""
     anchor_ts: datetime = row["anchor_ts"].astimezone(UTC)
     in_service = [m for m in history if m.meter_id == row["usage_meter_id"] and m.installed_at <= anchor_ts]
     assert in_service, f"account {row['account_id']}: meter {row['usage_meter_id']} is not in its history"
-    consumed = tuple(r for r in replacements(history) if r.at <= anchor_ts)
-    usage = UsageState(
+    consumed = tuple(r for r in replacements(history) if r.at <= anchor_ts) if len(history) > 1 else ()
+    return UsageState(
         meter=in_service[-1].register,
         anchor_ts=anchor_ts,
         anchor_register_wh=row["anchor_register_wh"],
@@ -172,12 +168,27 @@ def account_from_row(
         accumulator=FenAccumulator(Decimal(row["charged_exact_yuan"]), row["charged_fen"]),
         replacements=consumed,
     )
+
+
+def account_from_row(
+    row: Mapping[str, Any],
+    tariff: Tariff,
+    policy: PolicyConfig,
+    history: Sequence[AccountMeter],
+    calendar: WorkdayCalendar = CHINA_MAINLAND,
+    *,
+    usage: UsageState | None = None,
+) -> PrepaidAccount:
+    """The pure account of a `prepaid_accounts` row (ACCOUNT_COLUMNS) and its meter history (by installation).
+
+    `usage`, when given, is the account's charging state instead of the row's (charged since it was read).
+    """
     return PrepaidAccount(
         account_id=row["account_id"],
         tariff=tariff,
         terms=PaymentTerms(row["emergency_credit_fen"], row["debt_recovery_bps"]),
         policy=policy,
-        usage=usage,
+        usage=usage_state_from_row(row, history) if usage is None else usage,
         protected=row["protected"],
         keep_supply=row["keep_supply"],
         supply=SupplyState(row["supply"]),
@@ -194,9 +205,6 @@ def account_from_row(
 
 def state_values(account: PrepaidAccount) -> tuple[Any, ...]:
     """The STATE_COLUMNS of an account, JSON columns as Python structures."""
-    usage = account.usage
-    assert not usage.pending_readings, "the store feeds only readings it consumes"
-    assert not usage.pending_replacements, "the store feeds only replacements it consumes"
     return (
         account.protected,
         account.keep_supply,
@@ -207,6 +215,15 @@ def state_values(account: PrepaidAccount) -> tuple[Any, ...]:
         notices_json(account.notices),
         account.episode,
         account.in_episode,
+        *usage_values(account.usage),
+    )
+
+
+def usage_values(usage: UsageState) -> tuple[Any, ...]:
+    """The USAGE_COLUMNS of a charging state."""
+    assert not usage.pending_readings, "the store feeds only readings it consumes"
+    assert not usage.pending_replacements, "the store feeds only replacements it consumes"
+    return (
         usage.meter.meter_id,
         usage.anchor_ts,
         usage.anchor_register_wh,

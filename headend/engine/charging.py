@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.rows import dict_row
@@ -31,16 +32,25 @@ from headend.engine.account_rows import (
     ACCOUNT_COLUMNS,
     METER_COLUMNS,
     STATE_COLUMNS,
+    USAGE_COLUMNS,
     AccountMeter,
     account_from_row,
     meter_from_row,
     replacements,
     state_values,
+    usage_state_from_row,
+    usage_values,
 )
 from headend.engine.catalog import Catalog
 from headend.engine.outbox import write_requests
 from headend.ledger_store import POSTING_ROW_COLUMNS, posting_row
-from prepay_engine.account import CommandRequest, NotificationRequest, PrepaidAccount, usage_day_postings
+from prepay_engine.account import (
+    CommandRequest,
+    NotificationRequest,
+    PrepaidAccount,
+    is_quiet,
+    usage_day_postings,
+)
 from prepay_engine.ledger import (
     DEFAULT_MAX_POSTING_FEN,
     MAX_BIGINT,
@@ -49,7 +59,8 @@ from prepay_engine.ledger import (
     emergency_credit_account_id,
     prepaid_account_id,
 )
-from prepay_engine.usage import IntervalCharge, RegisterReading, UsageEvent, UsageResult, charge_usage
+from prepay_engine.policy import SupplyState
+from prepay_engine.usage import IntervalCharge, RegisterReading, UsageEvent, UsageState, charge_usage
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +71,8 @@ ENGINE_ACTOR: Final = "engine"
 _ACCOUNT_SELECT: Final = ", ".join(f"a.{c}" for c in ACCOUNT_COLUMNS)
 _STAGE_SQL: Final = f"""
     CREATE TEMP TABLE IF NOT EXISTS engine_account_stage ON COMMIT DELETE ROWS AS
-    SELECT account_id, {", ".join(STATE_COLUMNS)}, seen_until, due_at, wake_at FROM prepaid_accounts WITH NO DATA
+    SELECT account_id, {", ".join(STATE_COLUMNS)}, seen_until, due_at, wake_at, NULL::bool AS decided
+    FROM prepaid_accounts WITH NO DATA
 """
 _STAGE_TYPES: Final = [
     "text",
@@ -86,7 +98,10 @@ _STAGE_TYPES: Final = [
     "timestamptz",
     "timestamptz",
     "timestamptz",
+    "bool",
 ]
+# the state columns that only a decision changes: an account charged but not decided keeps them as they are
+_DECISION_COLUMNS: Final = STATE_COLUMNS[: -len(USAGE_COLUMNS)]
 _POSTING_TYPES: Final = [
     "text",
     "text",
@@ -234,10 +249,15 @@ def charge_accounts(
 @dataclass(slots=True)
 class _Work:
     row: dict[str, Any]
-    account: PrepaidAccount
-    usage: UsageResult | None = None
+    usage: UsageState  # after this batch's charging
+    account: PrepaidAccount | None = None  # built only to decide (most accounts are quiet: see `is_quiet`)
     days: tuple[tuple[Posting | None, tuple[IntervalCharge, ...]], ...] = ()  # usage postings, one per local day
     decide: bool = False
+
+    @property
+    def account_id(self) -> str:
+        """The account's id."""
+        return str(self.row["account_id"])
 
     @property
     def postings(self) -> tuple[Posting, ...]:
@@ -272,36 +292,26 @@ def _charge_locked(
         if not account_events and (wake_at is None or wake_at > now):
             idle.append(row)
             continue
-        account = account_from_row(
-            row,
-            catalog.tariffs[row["tariff_code"]],
-            catalog.policies[row["policy_code"]],
-            history[account_id],
-            catalog.calendar,
-        )
-        work = _Work(row, account)
+        work = _Work(row, usage_state_from_row(row, history[account_id]))
         work.decide = wake_at is not None and wake_at <= now
         if account_events:
-            usage = charge_usage(
-                account.usage, account_events, account.tariff, complete_until=cu, eager_on_grid=eager_on_grid
-            )
+            tariff = catalog.tariffs[row["tariff_code"]]
+            usage = charge_usage(work.usage, account_events, tariff, complete_until=cu, eager_on_grid=eager_on_grid)
             waiting = usage.state.pending_readings
             if waiting:
                 # read again from `readings` next time (they are after the anchor); they become due with the lateness
                 next_ts[account_id] = min(
                     [r.ts for r in waiting] + ([next_ts[account_id]] if account_id in next_ts else [])
                 )
-                usage = replace(usage, state=replace(usage.state, pending_readings=()))
-            work.usage = usage
-            work.account = replace(account, usage=usage.state)
-            work.days = usage_day_postings(account_id, usage.charges, account.zone)
+            work.usage = replace(usage.state, pending_readings=()) if waiting else usage.state
+            work.days = usage_day_postings(account_id, usage.charges, ZoneInfo(row["zone"]))
             work.decide = work.decide or bool(work.postings)
             stats_charges += len(usage.charges)
             anomalies.extend((account_id, a.meter_id, a.ts, str(a.kind), a.detail) for a in usage.anomalies)
         works.append(work)
 
     postings = [p for w in works for p in w.postings]
-    balances = _lock_customer_balances(cur, [w for w in works if w.decide])
+    balances = _lock_customer_balances(cur, [w.account_id for w in works if w.decide])
     customer_rows = _apply_usage_to_balances(postings, balances)
 
     notifications: list[NotificationRequest] = []
@@ -311,13 +321,30 @@ def _charge_locked(
     for work in works:
         if not work.decide:
             continue
-        account_id = work.account.account_id
+        account_id = work.account_id
+        row = work.row
+        policy = catalog.policies[row["policy_code"]]
         balance_fen = balances[prepaid_account_id(account_id)].balance_fen
         decided += 1
-        if work.account.is_quiet_at(balance_fen):
+        if is_quiet(
+            policy,
+            balance_fen,
+            in_episode=row["in_episode"],
+            has_notices=bool(row["notices"]),
+            has_pending=row["pending_command"] is not None,
+            supply=SupplyState(row["supply"]),
+        ):
             wake[account_id] = None  # the policy's answer would be NoAction (see there); most accounts, most days
             continue
-        step = work.account.decide_at(
+        account = account_from_row(
+            row,
+            catalog.tariffs[row["tariff_code"]],
+            policy,
+            history[account_id],
+            catalog.calendar,
+            usage=work.usage,
+        )
+        step = account.decide_at(
             balance_fen,
             balances[emergency_credit_account_id(account_id)].balance_fen,
             now,
@@ -435,14 +462,8 @@ class _Balance:
     version: int
 
 
-def _lock_customer_balances(cur: Cursor, works: list[_Work]) -> dict[str, _Balance]:
-    ids = sorted(
-        {
-            a
-            for w in works
-            for a in (prepaid_account_id(w.account.account_id), emergency_credit_account_id(w.account.account_id))
-        }
-    )
+def _lock_customer_balances(cur: Cursor, account_ids: list[str]) -> dict[str, _Balance]:
+    ids = sorted({a for i in account_ids for a in (prepaid_account_id(i), emergency_credit_account_id(i))})
     if not ids:
         return {}
     # one global lock order with headend.ledger_store: C collation of the account id
@@ -545,7 +566,7 @@ def _copy_usage_charges(cur: Cursor, works: list[_Work]) -> None:
     ) as copy:
         copy.set_types(_CHARGE_TYPES)
         for work in works:
-            account_id = work.account.account_id
+            account_id = work.account_id
             for posting, charges in work.days:
                 posting_id = None if posting is None else posting.posting_id
                 for c in charges:
@@ -601,22 +622,31 @@ def _save_accounts(
     if not works:
         return
     cur.execute(_STAGE_SQL)
+    no_decision = (None,) * len(_DECISION_COLUMNS)
     with cur.copy(
-        f"COPY engine_account_stage (account_id, {', '.join(STATE_COLUMNS)}, seen_until, due_at, wake_at) "
-        "FROM STDIN (FORMAT BINARY)"
+        f"COPY engine_account_stage (account_id, {', '.join(STATE_COLUMNS)}, seen_until, due_at, wake_at, "
+        "decided) FROM STDIN (FORMAT BINARY)"
     ) as copy:
         copy.set_types(_STAGE_TYPES)
         for work in works:
-            account_id = work.account.account_id
-            values = list(state_values(work.account))
-            values[3] = None if values[3] is None else Jsonb(values[3])
-            values[6] = Jsonb(values[6])
+            account_id = work.account_id
+            if work.account is None:
+                # charged, or decided to be quiet: the decision's columns stay as they are
+                values: tuple[Any, ...] = (*no_decision, *usage_values(work.usage))
+            else:
+                decided = list(state_values(work.account))
+                decided[3] = None if decided[3] is None else Jsonb(decided[3])
+                decided[6] = Jsonb(decided[6])
+                values = tuple(decided)
             due_at = _due_at(next_ts, account_id, lateness_s)
             wake_at = wake[account_id] if account_id in wake else work.row["wake_at"]
             # eager charging may have consumed readings beyond `cu`: everything up to the anchor was fed
-            seen_until = max(work.row["seen_until"], cu, work.account.usage.anchor_ts)
-            copy.write_row((account_id, *values, seen_until, due_at, wake_at))
-    assignments = ", ".join(f"{c} = s.{c}" for c in (*STATE_COLUMNS, "seen_until", "due_at", "wake_at"))
+            seen_until = max(work.row["seen_until"], cu, work.usage.anchor_ts)
+            copy.write_row((account_id, *values, seen_until, due_at, wake_at, work.account is not None))
+    assignments = ", ".join(
+        [f"{c} = CASE WHEN s.decided THEN s.{c} ELSE a.{c} END" for c in _DECISION_COLUMNS]
+        + [f"{c} = s.{c}" for c in (*USAGE_COLUMNS, "seen_until", "due_at", "wake_at")]
+    )
     cur.execute(
         f"UPDATE prepaid_accounts AS a SET {assignments}, version = a.version + 1, updated_at = now() "
         "FROM engine_account_stage s WHERE a.account_id = s.account_id"

@@ -251,10 +251,14 @@ def test_one_posting_to_a_missing_account_refuses_the_whole_statement(db: Conn) 
     )
     good = ("c1", chart.wechat, chart.prepaid("a"), 1, "top_up", AT, None, False, 0, 0, 2000, 2000)
     missing = ("c2", chart.wechat, "customer:nobody:prepaid", 1, "top_up", AT, None, False, 0, 0, 2000, 2001)
-    with pytest.raises(errors.ForeignKeyViolation, match="c2 refers to what does not exist"):
+
+    def copy_both() -> None:
         with db.transaction(), db.cursor().copy(f"COPY ledger_postings ({columns}) FROM STDIN") as copy:
             copy.write_row(good)
             copy.write_row(missing)
+
+    with pytest.raises(errors.ForeignKeyViolation, match="c2 refers to what does not exist"):
+        copy_both()
     assert count(db, "SELECT count(*) FROM ledger_postings WHERE posting_id IN ('c1', 'c2')") == 0
 
 
