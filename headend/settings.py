@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     )
     engine_batch_accounts: int = Field(default=2000, ge=1, le=100_000, description="accounts charged per transaction")
     engine_poll_s: float = Field(
-        default=0.1, gt=0, description="pause when nothing was charged (a new reading waits at most this long)"
+        default=2.0,
+        gt=0,
+        description="longest pause when nothing was charged; a stored ingest batch wakes the runner at once",
     )
     engine_full_sweep_s: float = Field(
         default=30.0, gt=0, description="between full sweeps; new readings' accounts are charged as they arrive"

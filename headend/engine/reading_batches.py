@@ -9,6 +9,8 @@ import psycopg
 
 Connection = psycopg.Connection[Any]
 
+# the channel on which each committed ingest batch is announced (migration 0012's trigger on reading_batches)
+READINGS_STORED_CHANNEL = "headend_readings_stored"
 # batches are stamped when their transaction began; one may become visible after later ones
 DEFAULT_WINDOW = timedelta(seconds=60)
 KEEP_FOR = timedelta(hours=1)
@@ -48,6 +50,21 @@ class ReadingBatchFollower:
             (fresh,),
         ).fetchall()
         return [str(r[0]) for r in found]
+
+
+def listen_for_batches(conn: Connection) -> None:
+    """Have `conn` (autocommit) receive a notification for each ingest batch committed from now on."""
+    conn.execute(f"LISTEN {READINGS_STORED_CHANNEL}")
+
+
+def wait_for_batch(conn: Connection, timeout_s: float) -> bool:
+    """Wait until a batch is announced on `conn` (see `listen_for_batches`) or `timeout_s` passes; whether one was.
+
+    Announcements that arrived while `conn` was busy count: the first returns at once.
+    """
+    for _ in conn.notifies(timeout=timeout_s, stop_after=1):
+        return True
+    return False
 
 
 def prune(conn: Connection, keep_for: timedelta = KEEP_FOR) -> int:

@@ -1,13 +1,14 @@
 """`headend engine`: charge newly chargeable readings and re-decide woken accounts, batch after batch.
 
-Between sweeps the runner follows `reading_batches`: the accounts of meters with newly stored readings are
-charged at once (waiting for their locks, in id order), which is what lets a reading that exhausts a balance
-lead to a disconnect request within a poll. A full sweep every `full_sweep_s` catches everything else. Each
-sweep locks the accounts with something to do (a reading not yet seen, a reading that became chargeable, a
-deferred disconnect whose time came) `batch_accounts` at a time, skipping those another runner holds, and
-charges each batch in one transaction. `complete_until` is now minus the allowed lateness, the runner's
-promise to the charger that every reading before it has arrived. A batch that fails is split in halves until
-the failing account is isolated; that account is logged and put back for later, the others are charged.
+Between sweeps the runner follows `reading_batches`: woken by the notification each committed ingest batch
+sends, it charges the accounts of meters with newly stored readings at once (waiting for their locks, in id
+order), which is what lets a reading that exhausts a balance lead to a disconnect request within moments. A
+full sweep every `full_sweep_s` catches everything else. Each sweep locks the accounts with something to do (a
+reading not yet seen, a reading that became chargeable, a deferred disconnect whose time came)
+`batch_accounts` at a time, skipping those another runner holds, and charges each batch in one transaction.
+`complete_until` is now minus the allowed lateness, the runner's promise to the charger that every reading
+before it has arrived. A batch that fails is split in halves until the failing account is isolated; that
+account is logged and put back for later, the others are charged.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import psycopg
 
 from headend.engine.catalog import Catalog
 from headend.engine.charging import BatchFailedError, BatchStats, charge_accounts, charge_due
-from headend.engine.reading_batches import ReadingBatchFollower, prune
+from headend.engine.reading_batches import ReadingBatchFollower, listen_for_batches, prune, wait_for_batch
 
 log = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[Any]
 RETRY_FAILED_AFTER = timedelta(minutes=5)
 GC_FIRST_THRESHOLD = 50_000
+STOP_CHECK_S = 0.5  # a waiting runner notices `stop` within this
 
 
 def tune_gc_for_batches() -> None:
@@ -130,7 +132,12 @@ class EngineRunner:
             return self._isolate(ids[:middle], now, cu, wait=wait) + self._isolate(ids[middle:], now, cu, wait=wait)
 
     def run(self, stop: threading.Event, poll_s: float) -> BatchStats:
-        """Until `stop`: charge new readings' accounts as they come, a full sweep every `full_sweep_s`."""
+        """Until `stop`: charge new readings' accounts as they come, a full sweep every `full_sweep_s`.
+
+        The runner sleeps until the ingest announces a stored batch, or `poll_s` at most (`stop` is looked at
+        between waits).
+        """
+        listen_for_batches(self.conn)
         total = BatchStats()
         next_sweep = time.monotonic()
         while not stop.is_set():
@@ -154,5 +161,12 @@ class EngineRunner:
                     time.monotonic() - started,
                 )
             else:
-                stop.wait(poll_s)
+                self._wait_for_readings(stop, min(time.monotonic() + poll_s, next_sweep))
         return total
+
+    def _wait_for_readings(self, stop: threading.Event, deadline: float) -> None:
+        """Until an ingest batch is announced, `deadline` (monotonic) or `stop`, whichever comes first."""
+        while not stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or wait_for_batch(self.conn, min(left, STOP_CHECK_S)):
+                return

@@ -97,7 +97,8 @@ def settle_day(
     workers: int = 1,
     url: str | None = None,
 ) -> Settlement:
-    """Charge the zone's accounts up to now minus lateness (the day must be over by then); record the day.
+    """Charge the zone's accounts with something to do up to now minus lateness (the day must be over by then);
+    record the day.
 
     With `workers` > 1 the charging is shared among that many processes, each with its own connection to `url`
     and its own part of the accounts (by a hash of the account id); the day is reported once all are done.
@@ -110,10 +111,9 @@ def settle_day(
             f"{(end + timedelta(seconds=lateness_s)).isoformat()}, settle after that"
         )
     assert workers >= 1, workers
-    _pass_over_idle(conn, zone, now=now, complete_until=cu)
     run = BatchStats()
     # worth starting workers only if each gets a batch at least; counting stops there (a scan of the zone at most)
-    left = _left_to_charge(conn, zone, cu, at_most=workers * batch_accounts) if workers > 1 else None
+    left = _left_to_charge(conn, zone, now, cu, at_most=workers * batch_accounts) if workers > 1 else None
     if left is not None and left >= workers * batch_accounts:
         if url is None:
             raise ValueError("settling with several worker processes needs the database URL")
@@ -131,10 +131,26 @@ def settle_day(
     return settlement
 
 
-def _left_to_charge(conn: Connection, zone: ZoneInfo, complete_until: datetime, *, at_most: int) -> int:
+# An account with something to charge or decide: a reading it has not looked at yet (after `seen_until`) or a meter
+# replacement after its last consumed reading, up to `complete_until`; a reading that became chargeable since it
+# was looked at (`due_at`); a deferred decision whose time came. Every other account is left as it is — on a day
+# the runner kept up with, nearly all of them — so a settlement writes nothing for them: the runner's own check
+# for unseen readings compares with `seen_until` as well, and nothing after the anchor was consumed.
+_HAS_WORK_SQL = """
+    (a.due_at <= %(now)s OR a.wake_at <= %(now)s
+     OR (a.seen_until < %(cu)s
+         AND (EXISTS (SELECT 1 FROM meter_register_state s WHERE s.meter_id = a.meter_id AND s.last_ts > a.seen_until)
+              OR EXISTS (SELECT 1 FROM account_meters m
+                         WHERE m.account_id = a.account_id AND m.installed_at > a.anchor_ts
+                             AND m.installed_at <= %(cu)s))))
+"""
+
+
+def _left_to_charge(conn: Connection, zone: ZoneInfo, now: datetime, cu: datetime, *, at_most: int) -> int:
     row = conn.execute(
-        "SELECT count(*) FROM (SELECT 1 FROM prepaid_accounts WHERE zone = %s AND seen_until < %s LIMIT %s) AS t",
-        (zone.key, complete_until, at_most),
+        f"SELECT count(*) FROM (SELECT 1 FROM prepaid_accounts a WHERE a.zone = %(zone)s AND {_HAS_WORK_SQL} "
+        "LIMIT %(n)s) AS t",
+        {"zone": zone.key, "now": now, "cu": cu, "n": at_most},
     ).fetchone()
     return 0 if row is None else int(row[0])
 
@@ -151,15 +167,25 @@ def charge_partition(
     part: int = 0,
     parts: int = 1,
 ) -> BatchStats:
-    """Charge, batch after batch, the zone's accounts not seen up to `complete_until` in hash part `part` of `parts`."""
+    """Charge, batch after batch, the zone's accounts with something to charge or decide in hash part `part` of
+    `parts` (one pass in id order)."""
     assert 0 <= part < parts, (part, parts)
     run = BatchStats()
     after = ""
     while True:
         rows = conn.execute(
-            "SELECT account_id FROM prepaid_accounts WHERE account_id > %s AND zone = %s AND seen_until < %s "
-            "AND (hashtext(account_id) & 2147483647) %% %s = %s ORDER BY account_id LIMIT %s",
-            (after, zone.key, complete_until, parts, part, batch_accounts),
+            f"SELECT a.account_id FROM prepaid_accounts a WHERE a.account_id > %(after)s AND a.zone = %(zone)s "
+            f"AND (hashtext(a.account_id) & 2147483647) %% %(parts)s = %(part)s AND {_HAS_WORK_SQL} "
+            "ORDER BY a.account_id LIMIT %(n)s",
+            {
+                "after": after,
+                "zone": zone.key,
+                "now": now,
+                "cu": complete_until,
+                "parts": parts,
+                "part": part,
+                "n": batch_accounts,
+            },
         ).fetchall()
         if not rows:
             return run
@@ -218,26 +244,6 @@ def _charge_part_in_process(
             part=part,
             parts=parts,
         )
-
-
-def _pass_over_idle(conn: Connection, zone: ZoneInfo, *, now: datetime, complete_until: datetime) -> None:
-    """Move on, set-based, the accounts with nothing to charge or decide: no reading after their last consumed one.
-
-    It is what a runner batch does to an idle account (`seen_until` becomes `complete_until`, nothing is due),
-    without loading each one into Python; at the end of a day on which the runner kept up, that is nearly all.
-    """
-    conn.execute(
-        """
-        UPDATE prepaid_accounts a SET seen_until = %(cu)s, due_at = NULL
-        WHERE a.zone = %(zone)s AND a.seen_until < %(cu)s
-            AND (a.due_at IS NULL OR a.due_at > %(now)s) AND (a.wake_at IS NULL OR a.wake_at > %(now)s)
-            AND NOT EXISTS (
-                SELECT 1 FROM meter_register_state s WHERE s.meter_id = a.meter_id AND s.last_ts > a.anchor_ts)
-            AND NOT EXISTS (
-                SELECT 1 FROM account_meters m WHERE m.account_id = a.account_id AND m.installed_at > a.anchor_ts)
-        """,
-        {"cu": complete_until, "now": now, "zone": zone.key},
-    )
 
 
 def _report(conn: Connection, day: date, zone: ZoneInfo, start: datetime, end: datetime, run: BatchStats) -> Settlement:

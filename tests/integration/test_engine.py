@@ -214,25 +214,41 @@ def test_the_runner_charges_the_accounts_of_each_new_reading_batch_at_once(conn:
     assert count(conn, "SELECT count(*) FROM reading_batches") == 2
 
 
-def test_a_running_engine_charges_a_new_reading_between_full_sweeps(database_url: str, conn: Conn) -> None:
+def test_a_running_engine_is_woken_by_a_stored_batch_between_full_sweeps(database_url: str, conn: Conn) -> None:
     catalog = seed_catalog(conn)
-    register(conn, ["m1"])
+    register(conn, ["m1", "m2"])
     _open(conn, catalog, "a1", "m1")
+    _open(conn, catalog, "a2", "m2")
     at = DAY_START + timedelta(hours=1)
     stop = threading.Event()
-    with psycopg.connect(database_url, autocommit=True) as runner_conn:
+    with psycopg.connect(database_url, autocommit=True, application_name="woken-runner") as runner_conn:
         runner = EngineRunner(
             runner_conn, LATENESS_S, 50, clock=lambda: at, catalog=Catalog(), eager_on_grid=True, full_sweep_s=3600
         )
-        thread = threading.Thread(target=runner.run, args=(stop, 0.05))
+        # a poll far longer than the test: only the ingest's notification can wake the runner in time
+        thread = threading.Thread(target=runner.run, args=(stop, 600.0))
         thread.start()
         try:
-            store_readings(conn, series("m1", DAY_START + STEP, 4, STEP, 1_000_100, 100), now=at)
-            wait_for(lambda: count(conn, "SELECT count(*) FROM usage_charges") == 4, 10, "the four charges")
+            wait_for(lambda: _waiting_after_its_first_sweep(conn), 10, "the runner to wait after its first sweep")
+            for meter_id in ("m1", "m2"):  # a second batch while the runner may still be busy with the first
+                store_readings(conn, series(meter_id, DAY_START + STEP, 4, STEP, 1_000_100, 100), now=at)
+            wait_for(lambda: count(conn, "SELECT count(*) FROM usage_charges") == 8, 10, "the eight charges")
         finally:
             stop.set()
             thread.join(10)
-    assert not thread.is_alive()
+    assert not thread.is_alive()  # a waiting runner notices `stop` without waiting out its poll
+
+
+def _waiting_after_its_first_sweep(conn: Conn) -> bool:
+    # the sweep ends with pruning old batches; then the runner waits, idle
+    return (
+        count(
+            conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'woken-runner' AND state = 'idle' "
+            "AND query LIKE 'DELETE FROM reading_batches%%'",
+        )
+        == 1
+    )
 
 
 def test_two_runners_at_once_charge_each_interval_once(database_url: str, conn: Conn) -> None:
@@ -434,6 +450,40 @@ def test_settlement_charges_the_rest_of_the_day_and_reports_arrears(conn: Conn) 
     assert following.day.charges == 4
     assert following.arrears == ()
     assert datetime.now(UTC) > NOW  # the fixed clock is in the past of the real one
+
+
+def test_settlement_looks_only_at_accounts_with_something_to_charge_or_decide(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1", "m2", "m3"])
+    for n in (1, 2, 3):
+        _open(conn, catalog, f"a{n}", f"m{n}")
+    for meter_id in ("m1", "m3"):
+        store_readings(conn, series(meter_id, DAY_START + STEP, 96, STEP, 1_000_400, 400))
+    assert _runner(conn, catalog).sweep().charges == 2 * 96  # the runner kept up with a1 and a3
+    store_readings(conn, series("m2", DAY_START + STEP, 96, STEP, 1_000_400, 400))  # a2's, after its sweep
+    # a3's decision was deferred to a time that has come by the settlement
+    conn.execute("UPDATE prepaid_accounts SET wake_at = %s WHERE account_id = 'a3'", (NOW - timedelta(hours=1),))
+    # xmin: the transaction that wrote the row's current version
+    written = "SELECT account_id, xmin::text FROM prepaid_accounts"
+    before = dict(conn.execute(written).fetchall())
+
+    settled = settle_day(conn, catalog, date(2026, 11, 20), SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=5)
+
+    assert (settled.run.accounts, settled.run.charges) == (2, 96)  # a2 charged, a3 decided, a1 not looked at
+    after = dict(conn.execute(written).fetchall())
+    assert after["a1"] == before["a1"]  # nothing was written for it
+    assert after["a2"] != before["a2"]
+    assert after["a3"] != before["a3"]
+    assert count(conn, "SELECT count(*) FROM prepaid_accounts WHERE wake_at IS NOT NULL") == 0
+    assert settled.day.charges == 3 * 96
+    assert settled.incomplete_accounts == 0
+    # settled again later, with nothing new: no account is looked at, no row written
+    settled_rows = dict(conn.execute(written).fetchall())
+    later = NOW + timedelta(minutes=15)
+    again = settle_day(conn, catalog, date(2026, 11, 20), SHANGHAI, now=later, lateness_s=LATENESS_S, batch_accounts=5)
+    assert again.run.accounts == 0
+    assert (again.day, again.arrears) == (settled.day, settled.arrears)
+    assert dict(conn.execute(written).fetchall()) == settled_rows
 
 
 def test_settlement_workers_charge_every_account_once_as_one_process_would(database_url: str, conn: Conn) -> None:
