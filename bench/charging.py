@@ -912,7 +912,7 @@ def _settle(
                 url=url,
             )
         started = time.perf_counter()
-        # later, with no new reading: every account is looked at again and found with nothing to charge
+        # later, with no new reading: no account has anything to charge; the day is reported again
         again = settle_day(
             conn,
             Catalog(),
@@ -1352,9 +1352,9 @@ def part_settlement(args: argparse.Namespace, r: Results) -> None:
             run = settle_run(tpl, b, expected, invariants=False, digest=args.digest, workers=1, profile=path)
             print(f"  (profiled settlement, not counted: {run.settlement.accounts / run.timed.wall_s:,.0f} accounts/s)")
             print_profile(path)
-    r.notes["(2) the same day settled again later: every account looked at, nothing left to charge [s]"] = (
-        f"{r.med('settle_again_s'):,.1f} ({r.listing('settle_again_s', 1)})"
-    )
+    r.notes[
+        "(2) the same day settled again later: nothing left to charge (the day reported, no account written) [s]"
+    ] = f"{r.med('settle_again_s'):,.1f} ({r.listing('settle_again_s', 1)})"
     r.notes["(2) floor: UPDATE of every prepaid_accounts row / COPY of the postings [s]"] = (
         f"{r.med('floor_update_s'):,.1f} / {r.med('floor_copy_s'):,.1f}"
     )
