@@ -77,9 +77,9 @@ class Settings(BaseSettings):
     )
     dispatch_storm_window_s: int = Field(default=600, ge=1, description="the storm limit's window")
     dispatch_poll_s: float = Field(
-        default=0.1,
+        default=1.0,
         gt=0,
-        description="longest wait for events between dispatcher steps (a new request waits this long)",
+        description="longest wait for events between dispatcher steps; a new command request wakes it at once",
     )
 
     @field_validator("timezone")

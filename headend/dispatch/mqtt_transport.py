@@ -37,7 +37,7 @@ class MqttTransport:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
-        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()  # None: `wake`
         self._subscribed = threading.Event()
         group = settings.mqtt_shared_group
         self._filter = f"$share/{group}-dispatch/{EVENTS_FILTER}" if group else EVENTS_FILTER
@@ -88,18 +88,24 @@ class MqttTransport:
             raise SendError(f"no broker acknowledgement within {self._timeout_s} s")
         return topic
 
+    def wake(self) -> None:
+        """End a wait in `events` now (from any thread): there is work besides meter events."""
+        self._inbox.put(None)
+
     def events(self, timeout_s: float, limit: int = 500) -> list[mqtt.MQTTMessage]:
-        """Meter events received so far (waiting up to `timeout_s` for the first)."""
+        """Meter events received so far (waiting up to `timeout_s` for the first, or for a `wake`)."""
         try:
             first = self._inbox.get(timeout=timeout_s)
         except queue.Empty:
             return []
-        batch = [first]
+        batch = [] if first is None else [first]
         while len(batch) < limit:
             try:
-                batch.append(self._inbox.get_nowait())
+                message = self._inbox.get_nowait()
             except queue.Empty:
                 break
+            if message is not None:
+                batch.append(message)
         return batch
 
     def ack(self, message: mqtt.MQTTMessage) -> None:

@@ -12,6 +12,7 @@ from headend.db.engine import libpq_dsn
 from headend.dispatch.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from headend.dispatch.lifecycle import RetryPolicy
 from headend.dispatch.mqtt_transport import MqttTransport
+from headend.dispatch.wake import wake_on_command_requests
 from headend.services import connect_database
 from headend.settings import Settings
 
@@ -41,14 +42,26 @@ def run_dispatcher(settings: Settings, url: str, stop: threading.Event, *, once:
         if not transport.wait_subscribed(10.0):
             log.warning("no subscription to meter events yet; commands are sent, answers wait for the broker")
         dispatcher = Dispatcher(conn, audit_conn, transport, config=dispatch_config(settings))
-        while True:
-            for message in transport.events(0.0 if once else settings.dispatch_poll_s):
-                if not dispatcher.handle_event(message.topic, bytes(message.payload)):
-                    totals.rejected_events += 1
-                transport.ack(message)
-                totals.events += 1
-            step = dispatcher.step()
-            for name in ("taken", "sent", "held", "cancelled", "expired"):
-                setattr(totals, name, getattr(totals, name) + getattr(step, name))
-            if once or stop.is_set():
-                return totals
+        finished = threading.Event()
+        # new command requests end the wait for meter events at once; the poll is the longest pause
+        listener = threading.Thread(
+            target=wake_on_command_requests, args=(url, transport, stop, finished), name="dispatch-wake", daemon=True
+        )
+        if not once:
+            listener.start()
+        try:
+            while True:
+                for message in transport.events(0.0 if once else settings.dispatch_poll_s):
+                    if not dispatcher.handle_event(message.topic, bytes(message.payload)):
+                        totals.rejected_events += 1
+                    transport.ack(message)
+                    totals.events += 1
+                step = dispatcher.step()
+                for name in ("taken", "sent", "held", "cancelled", "expired"):
+                    setattr(totals, name, getattr(totals, name) + getattr(step, name))
+                if once or stop.is_set():
+                    return totals
+        finally:
+            finished.set()
+            if listener.is_alive():
+                listener.join(5.0)

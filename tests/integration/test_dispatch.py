@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from headend.dispatch.dispatcher import DispatchConfig, Dispatcher
 from headend.dispatch.lifecycle import CommandState, RetryPolicy
 from headend.dispatch.mqtt_transport import MqttTransport
 from headend.dispatch.operations import approve, request_relay_read
+from headend.dispatch.wake import wake_on_command_requests
 from headend.engine.accounts import open_account, pay
 from headend.engine.catalog import Catalog
 from headend.engine.runner import EngineRunner
@@ -348,3 +350,48 @@ def test_a_meter_of_a_transport_without_an_executor_is_held_not_sent(loop_for: C
     loop.until(lambda: [c[2] for c in loop.commands(loop.account(1))] == ["held"], "the disconnect held")
     assert "no executor for modbus meters" in store.history(loop.conn, loop.requests(loop.account(1))[0])[-1]["detail"]
     assert loop.responder.counts.commands_received == 0
+
+
+class _Waker:
+    """Records the listener's wakes."""
+
+    def __init__(self) -> None:
+        self.woken = threading.Event()
+
+    def wake(self) -> None:
+        self.woken.set()
+
+
+def test_a_committed_command_request_wakes_the_dispatcher(loop_for: Callable[..., Loop], database_url: str) -> None:
+    loop = loop_for()
+    waker = _Waker()
+    stop = threading.Event()
+    listener = threading.Thread(target=wake_on_command_requests, args=(database_url, waker, stop))
+    listener.start()
+    try:
+        deadline = time.monotonic() + 10
+        while (
+            count(
+                loop.conn,
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %%'",
+            )
+            == 0
+        ):
+            assert time.monotonic() < deadline, "the listener did not start listening"
+            time.sleep(0.05)
+        assert not waker.woken.is_set()
+        loop.exhaust(1)  # the runner's batch writes a disconnect request and commits
+        assert loop.requests(loop.account(1))
+        assert waker.woken.wait(5)
+    finally:
+        stop.set()
+        listener.join(5)
+    assert not listener.is_alive()  # it notices a stop without a notification
+
+
+def test_a_wake_ends_the_wait_for_meter_events_at_once(loop_for: Callable[..., Loop]) -> None:
+    loop = loop_for()
+    threading.Timer(0.2, loop.transport.wake).start()
+    started = time.monotonic()
+    assert loop.transport.events(30.0) == []  # the wake itself is no event
+    assert time.monotonic() - started < 5
