@@ -444,31 +444,17 @@ class _Run:
         interval_wh = self.carried_wh + closed_wh
         one_band = price_in_one_band(self.tariff, start, end, interval_wh, self.cycle_usage_wh)
         if one_band is None:
-            segments, amount_yuan, self.cycle_usage_wh = price_span(
+            segments, amount_yuan, cycle_usage_after_wh = price_span(
                 self.tariff, start, end, interval_wh, self.cycle_usage_wh
             )
             amount_pico_yuan = to_pico_yuan(amount_yuan)
         else:
-            (segments, amount_yuan, amount_pico_yuan), self.cycle_usage_wh = one_band
-        meter_id = self.open_interval_meter_id
-        self.charges.append(
-            IntervalCharge(
-                charge_id_for(meter_id, start),
-                meter_id,
-                start,
-                end,
-                interval_wh,
-                segments,
-                amount_yuan,
-                self.add_to_total(amount_yuan, amount_pico_yuan),
-            )
-        )
+            (segments, amount_yuan, amount_pico_yuan), cycle_usage_after_wh = one_band
+        self.record_charge(end, interval_wh, segments, amount_yuan, amount_pico_yuan, cycle_usage_after_wh)
         self.consumed_wh += energy_wh
         self.carried_wh = energy_wh - closed_wh
-        self.charged_until = end
         self.anchor_ts = to_ts
         self.anchor_register_wh = register_wh
-        self.open_interval_meter_id = self.meter.meter_id
 
     def closes_next_interval(self, reading: RegisterReading) -> bool:
         """Whether the reading is the current meter's, exactly one interval after an on-grid anchor."""
@@ -563,13 +549,25 @@ class _Run:
 
     def charge_interval(self, end: datetime, interval_wh: int) -> None:
         """Charge the interval from `charged_until` to `end` with `interval_wh`; nothing is carried past it."""
-        start = self.charged_until
         segments, amount_yuan, cycle_usage_after_wh = price_span(
-            self.tariff, start, end, interval_wh, self.cycle_usage_wh
+            self.tariff, self.charged_until, end, interval_wh, self.cycle_usage_wh
         )
-        amount_fen = self.add_to_total(amount_yuan, to_pico_yuan(amount_yuan))
+        self.record_charge(end, interval_wh, segments, amount_yuan, to_pico_yuan(amount_yuan), cycle_usage_after_wh)
+        self.carried_wh = 0
+
+    def record_charge(
+        self,
+        end: datetime,
+        interval_wh: int,
+        segments: tuple[PricedSegment, ...],
+        amount_yuan: Decimal,
+        amount_pico_yuan: int | None,
+        cycle_usage_after_wh: int,
+    ) -> None:
+        """Record the priced interval from `charged_until` to `end` (its fen with the rounding residue carried)."""
+        start = self.charged_until
         meter_id = self.open_interval_meter_id
-        # the IntervalCharge invariants (see there); price_span guarantees the segments' energy
+        # the IntervalCharge invariants (see there); the pricing guarantees the segments' energy
         assert interval_wh >= 0
         assert end - start == INTERVAL, (start, end)
         self.charges.append(
@@ -581,10 +579,9 @@ class _Run:
                 interval_wh,
                 segments,
                 amount_yuan,
-                amount_fen,
+                self.add_to_total(amount_yuan, amount_pico_yuan),
             )
         )
-        self.carried_wh = 0
         self.cycle_usage_wh = cycle_usage_after_wh
         self.charged_until = end
         self.open_interval_meter_id = self.meter.meter_id
