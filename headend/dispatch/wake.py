@@ -9,6 +9,7 @@ from typing import Protocol
 import psycopg
 
 from headend.db.engine import connect_utc
+from headend.db.notifications import listen, wait_for_notification
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,9 @@ def wake_on_command_requests(url: str, target: Wakeable, *stops: threading.Event
     while not stopping():
         try:
             with connect_utc(url) as conn:
-                conn.execute(f"LISTEN {COMMAND_REQUESTS_CHANNEL}")
+                listen(conn, COMMAND_REQUESTS_CHANNEL)
                 while not stopping():
-                    for _ in conn.notifies(timeout=CHECK_S, stop_after=1):
+                    if wait_for_notification(conn, CHECK_S):
                         target.wake()
         except psycopg.OperationalError:
             log.warning("lost the database while listening for command requests; retrying", exc_info=True)

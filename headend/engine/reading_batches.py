@@ -52,21 +52,6 @@ class ReadingBatchFollower:
         return [str(r[0]) for r in found]
 
 
-def listen_for_batches(conn: Connection) -> None:
-    """Have `conn` (autocommit) receive a notification for each ingest batch committed from now on."""
-    conn.execute(f"LISTEN {READINGS_STORED_CHANNEL}")
-
-
-def wait_for_batch(conn: Connection, timeout_s: float) -> bool:
-    """Wait until a batch is announced on `conn` (see `listen_for_batches`) or `timeout_s` passes; whether one was.
-
-    Announcements that arrived while `conn` was busy count: the first returns at once.
-    """
-    for _ in conn.notifies(timeout=timeout_s, stop_after=1):
-        return True
-    return False
-
-
 def prune(conn: Connection, keep_for: timedelta = KEEP_FOR) -> int:
     """Delete batches older than `keep_for`; how many."""
     return conn.execute(

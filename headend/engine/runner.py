@@ -24,9 +24,10 @@ from typing import Any
 
 import psycopg
 
+from headend.db.notifications import listen, wait_for_notification
 from headend.engine.catalog import Catalog
 from headend.engine.charging import BatchFailedError, BatchStats, charge_accounts, charge_due
-from headend.engine.reading_batches import ReadingBatchFollower, listen_for_batches, prune, wait_for_batch
+from headend.engine.reading_batches import READINGS_STORED_CHANNEL, ReadingBatchFollower, prune
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class EngineRunner:
         The runner sleeps until the ingest announces a stored batch, or `poll_s` at most (`stop` is looked at
         between waits).
         """
-        listen_for_batches(self.conn)
+        listen(self.conn, READINGS_STORED_CHANNEL)
         total = BatchStats()
         next_sweep = time.monotonic()
         while not stop.is_set():
@@ -168,5 +169,5 @@ class EngineRunner:
         """Until an ingest batch is announced, `deadline` (monotonic) or `stop`, whichever comes first."""
         while not stop.is_set():
             left = deadline - time.monotonic()
-            if left <= 0 or wait_for_batch(self.conn, min(left, STOP_CHECK_S)):
+            if left <= 0 or wait_for_notification(self.conn, min(left, STOP_CHECK_S)):
                 return
