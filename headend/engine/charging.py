@@ -178,14 +178,50 @@ def charge_due(
     Returns what was done and the ids taken, in order (none: nothing after `after` is due that is not held
     elsewhere). Raises `BatchFailedError` with the ids when the batch fails for any reason but a lost connection.
     """
+    # SKIP LOCKED with LIMIT: a second runner passes over the first one's batch and takes the next
+    return charge_next(
+        conn,
+        catalog,
+        _DUE_ROW_SQL,
+        {"cu": complete_until, "eager": eager_on_grid},
+        now=now,
+        complete_until=complete_until,
+        lateness_s=lateness_s,
+        limit=limit,
+        after=after,
+        skip_locked=True,
+        eager_on_grid=eager_on_grid,
+    )
+
+
+def charge_next(
+    conn: Connection,
+    catalog: Catalog,
+    condition_sql: str,
+    params: Mapping[str, Any],
+    *,
+    now: datetime,
+    complete_until: datetime,
+    lateness_s: float,
+    limit: int,
+    after: str,
+    skip_locked: bool,
+    eager_on_grid: bool = False,
+) -> tuple[BatchStats, list[str]]:
+    """Lock up to `limit` accounts with ids after `after` that meet `condition_sql`, in id order, and charge them in
+    one transaction; with `skip_locked`, accounts another transaction holds are passed over instead of waited for.
+
+    `condition_sql` is a condition on `a`, the `prepaid_accounts` row, with named placeholders from `params` (and
+    `now`). Returns what was done and the ids taken, in order (none: no such account after `after`). Raises
+    `BatchFailedError` with the ids when the batch fails for any reason but a lost connection.
+    """
     assert complete_until <= now
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         catalog.refresh(conn)
-        # SKIP LOCKED with LIMIT: a second runner passes over the first one's batch and takes the next
         cur.execute(
-            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id > %(after)s AND {_DUE_ROW_SQL} "
-            "ORDER BY a.account_id LIMIT %(limit)s FOR UPDATE SKIP LOCKED",
-            {"now": now, "cu": complete_until, "limit": limit, "after": after, "eager": eager_on_grid},
+            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id > %(after)s AND {condition_sql} "
+            f"ORDER BY a.account_id LIMIT %(limit)s FOR UPDATE{' SKIP LOCKED' if skip_locked else ''}",
+            {**params, "now": now, "limit": limit, "after": after},
         )
         rows = cur.fetchall()
         ids = [str(r["account_id"]) for r in rows]
@@ -228,7 +264,7 @@ def charge_accounts(
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         catalog.refresh(conn)
         cur.execute(
-            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id = ANY(%s) "
+            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id = ANY(%b) "
             f"ORDER BY a.account_id FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
             (list(account_ids),),
         )
@@ -311,31 +347,33 @@ def _charge_locked(
         works.append(work)
 
     postings = [p for w in works for p in w.postings]
-    balances = _lock_customer_balances(cur, [w.account_id for w in works if w.decide])
+    balances = _lock_prepaid_balances(cur, [w.account_id for w in works if w.decide])
     customer_rows = _apply_usage_to_balances(postings, balances)
 
     notifications: list[NotificationRequest] = []
     commands: list[CommandRequest] = []
     wake: dict[str, datetime | None] = {}
-    decided = 0
+    deciding: list[_Work] = []
     for work in works:
         if not work.decide:
             continue
-        account_id = work.account_id
         row = work.row
-        policy = catalog.policies[row["policy_code"]]
-        balance_fen = balances[prepaid_account_id(account_id)].balance_fen
-        decided += 1
         if is_quiet(
-            policy,
-            balance_fen,
+            catalog.policies[row["policy_code"]],
+            balances[prepaid_account_id(work.account_id)].balance_fen,
             in_episode=row["in_episode"],
             has_notices=bool(row["notices"]),
             has_pending=row["pending_command"] is not None,
             supply=SupplyState(row["supply"]),
         ):
-            wake[account_id] = None  # the policy's answer would be NoAction (see there); most accounts, most days
-            continue
+            wake[work.account_id] = None  # the policy's answer would be NoAction (see there); most accounts, most days
+        else:
+            deciding.append(work)
+    lent = _emergency_credit_balances(cur, [w.account_id for w in deciding])
+    for work in deciding:
+        account_id = work.account_id
+        row = work.row
+        policy = catalog.policies[row["policy_code"]]
         account = account_from_row(
             row,
             catalog.tariffs[row["tariff_code"]],
@@ -344,11 +382,7 @@ def _charge_locked(
             catalog.calendar,
             usage=work.usage,
         )
-        step = account.decide_at(
-            balance_fen,
-            balances[emergency_credit_account_id(account_id)].balance_fen,
-            now,
-        )
+        step = account.decide_at(balances[prepaid_account_id(account_id)].balance_fen, lent[account_id], now)
         work.account = step.account
         notifications.extend(step.notifications)
         commands.extend(step.commands)
@@ -368,7 +402,7 @@ def _charge_locked(
     charged_fen = _append_usage_postings(cur, postings, customer_rows)
     return BatchStats(
         accounts=len(rows),
-        decided=decided,
+        decided=sum(w.decide for w in works),
         charges=stats_charges,
         postings=len(postings),
         charged_fen=charged_fen,
@@ -380,7 +414,7 @@ def _charge_locked(
 
 def _meter_history(cur: Cursor, account_ids: list[str]) -> dict[str, list[AccountMeter]]:
     cur.execute(
-        f"SELECT {', '.join(METER_COLUMNS)} FROM account_meters WHERE account_id = ANY(%s) "
+        f"SELECT {', '.join(METER_COLUMNS)} FROM account_meters WHERE account_id = ANY(%b) "
         "ORDER BY account_id, installed_at",
         (account_ids,),
     )
@@ -423,7 +457,7 @@ def _usage_events(
     readings.execute(
         """
         SELECT q.account_id, r.meter_id, r.ts, r.energy_import_wh
-        FROM unnest(%s::text[], %s::text[], %s::timestamptz[]) AS q(account_id, meter_id, after_ts)
+        FROM unnest(%b::text[], %b::text[], %b::timestamptz[]) AS q(account_id, meter_id, after_ts)
         CROSS JOIN LATERAL (
             SELECT r.meter_id, r.ts, r.energy_import_wh FROM readings r
             WHERE r.meter_id = q.meter_id AND r.ts > q.after_ts AND r.ts > %s AND r.ts <= %s
@@ -441,7 +475,7 @@ def _usage_events(
     cur.execute(
         """
         SELECT q.account_id, min(n.ts) AS next_ts
-        FROM unnest(%s::text[], %s::text[]) AS q(account_id, meter_id)
+        FROM unnest(%b::text[], %b::text[]) AS q(account_id, meter_id)
         CROSS JOIN LATERAL (
             SELECT r.ts FROM readings r WHERE r.meter_id = q.meter_id AND r.ts > %s ORDER BY r.ts LIMIT 1
         ) AS n
@@ -462,14 +496,19 @@ class _Balance:
     version: int
 
 
-def _lock_customer_balances(cur: Cursor, account_ids: list[str]) -> dict[str, _Balance]:
-    ids = sorted({a for i in account_ids for a in (prepaid_account_id(i), emergency_credit_account_id(i))})
+def _lock_prepaid_balances(cur: Cursor, account_ids: list[str]) -> dict[str, _Balance]:
+    """Lock the customers' prepaid balances (the ledger rows the batch changes); by ledger account id.
+
+    Their emergency-credit rows need no lock: every posting that moves one also moves the customer's prepaid
+    account (a loan credits it, a repayment debits it), so it waits on the row locked here.
+    """
+    ids = sorted(prepaid_account_id(i) for i in account_ids)
     if not ids:
         return {}
     # one global lock order with headend.ledger_store: C collation of the account id
     cur.execute(
         "SELECT account_id, debits_fen, credits_fen, balance_fen, version FROM ledger_accounts "
-        'WHERE account_id = ANY(%s) ORDER BY account_id COLLATE "C" FOR UPDATE',
+        'WHERE account_id = ANY(%b) ORDER BY account_id COLLATE "C" FOR UPDATE',
         (ids,),
     )
     balances = {r["account_id"]: _Balance(**r) for r in cur.fetchall()}
@@ -477,6 +516,21 @@ def _lock_customer_balances(cur: Cursor, account_ids: list[str]) -> dict[str, _B
     if missing:
         raise RuntimeError(f"ledger accounts not open: {', '.join(missing[:5])}")
     return balances
+
+
+def _emergency_credit_balances(cur: Cursor, account_ids: list[str]) -> dict[str, int]:
+    """The emergency credit outstanding of each account (its prepaid row locked: see `_lock_prepaid_balances`)."""
+    if not account_ids:
+        return {}
+    cur.execute(
+        "SELECT account_id, balance_fen FROM ledger_accounts WHERE account_id = ANY(%b)",
+        ([emergency_credit_account_id(i) for i in account_ids],),
+    )
+    lent = {r["account_id"]: int(r["balance_fen"]) for r in cur.fetchall()}
+    missing = [i for i in account_ids if emergency_credit_account_id(i) not in lent]
+    if missing:
+        raise RuntimeError(f"emergency credit ledger accounts not open: {', '.join(missing[:5])}")
+    return {i: lent[emergency_credit_account_id(i)] for i in account_ids}
 
 
 def _apply_usage_to_balances(postings: list[Posting], balances: dict[str, _Balance]) -> dict[str, list[int]]:
@@ -501,7 +555,7 @@ def _update_customer_balances(cur: Cursor, balances: Mapping[str, _Balance], tou
         """
         UPDATE ledger_accounts AS a
         SET debits_fen = v.debits_fen, balance_fen = v.balance_fen, version = a.version + 1
-        FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[])
+        FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::bigint[])
             AS v(account_id, debits_fen, balance_fen, version)
         WHERE a.account_id = v.account_id AND a.version = v.version
         """,
@@ -599,7 +653,7 @@ def _reschedule_idle(
     cur.execute(
         """
         UPDATE prepaid_accounts AS a SET seen_until = v.seen_until, due_at = v.due_at
-        FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[]) AS v(account_id, seen_until, due_at)
+        FROM unnest(%b::text[], %b::timestamptz[], %b::timestamptz[]) AS v(account_id, seen_until, due_at)
         WHERE a.account_id = v.account_id
         """,
         (
@@ -654,4 +708,4 @@ def _save_accounts(
     assert cur.rowcount == len(works), (cur.rowcount, len(works))
 
 
-__all__ = ["BatchFailedError", "BatchStats", "charge_accounts", "charge_due"]
+__all__ = ["BatchFailedError", "BatchStats", "charge_accounts", "charge_due", "charge_next"]

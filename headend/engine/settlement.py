@@ -19,7 +19,7 @@ import psycopg
 
 from headend.db.engine import connect_utc
 from headend.engine.catalog import Catalog
-from headend.engine.charging import BatchStats, charge_accounts
+from headend.engine.charging import BatchStats, charge_next
 from headend.engine.runner import tune_gc_for_batches
 
 Connection = psycopg.Connection[Any]
@@ -173,27 +173,23 @@ def charge_partition(
     run = BatchStats()
     after = ""
     while True:
-        rows = conn.execute(
-            f"SELECT a.account_id FROM prepaid_accounts a WHERE a.account_id > %(after)s AND a.zone = %(zone)s "
-            f"AND (hashtext(a.account_id) & 2147483647) %% %(parts)s = %(part)s AND {_HAS_WORK_SQL} "
-            "ORDER BY a.account_id LIMIT %(n)s",
-            {
-                "after": after,
-                "zone": zone.key,
-                "now": now,
-                "cu": complete_until,
-                "parts": parts,
-                "part": part,
-                "n": batch_accounts,
-            },
-        ).fetchall()
-        if not rows:
-            return run
-        ids = [str(r[0]) for r in rows]
-        run += charge_accounts(
-            conn, catalog, ids, now=now, complete_until=complete_until, lateness_s=lateness_s, wait=True
+        # waits for accounts a runner holds (FOR UPDATE, not SKIP LOCKED): every account with work is charged
+        stats, taken = charge_next(
+            conn,
+            catalog,
+            f"a.zone = %(zone)s AND (hashtext(a.account_id) & 2147483647) %% %(parts)s = %(part)s AND {_HAS_WORK_SQL}",
+            {"zone": zone.key, "cu": complete_until, "parts": parts, "part": part},
+            now=now,
+            complete_until=complete_until,
+            lateness_s=lateness_s,
+            limit=batch_accounts,
+            after=after,
+            skip_locked=False,
         )
-        after = ids[-1]
+        if not taken:
+            return run
+        run += stats
+        after = taken[-1]
 
 
 def _charge_in_processes(
