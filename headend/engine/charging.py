@@ -43,7 +43,7 @@ from headend.engine.account_rows import (
 )
 from headend.engine.catalog import Catalog
 from headend.engine.outbox import write_requests
-from headend.ledger_store import POSTING_ROW_COLUMNS, posting_row
+from headend.ledger_store import NEXT_POSTING_SEQS_SQL, POSTING_ROW_COLUMNS, posting_row
 from prepay_engine.account import (
     CommandRequest,
     NotificationRequest,
@@ -582,11 +582,8 @@ def _append_usage_postings(cur: Cursor, postings: list[Posting], customer_rows: 
     revenue = cur.fetchone()
     if revenue is None:
         raise RuntimeError(f"the house account {REVENUE_ACCOUNT_ID} is not open")
-    cur.execute(
-        "SELECT nextval(pg_get_serial_sequence('ledger_postings', 'seq')) AS seq FROM generate_series(1, %s)",
-        (len(postings),),
-    )
-    seqs = sorted(int(r["seq"]) for r in cur.fetchall())
+    cur.execute(NEXT_POSTING_SEQS_SQL, (len(postings),))
+    seqs = sorted(int(r["nextval"]) for r in cur.fetchall())
     credits = int(revenue["credits_fen"])
     position: dict[str, int] = defaultdict(int)
     total = 0
