@@ -68,7 +68,11 @@ Connection = psycopg.Connection[Any]
 Cursor = psycopg.Cursor[Any]
 
 ENGINE_ACTOR: Final = "engine"
-_ACCOUNT_SELECT: Final = ", ".join(f"a.{c}" for c in ACCOUNT_COLUMNS)
+# and the time of the current meter's newest stored reading: a meter with none after the batch's window needs no
+# look for its next reading
+_ACCOUNT_SELECT: Final = ", ".join(f"a.{c}" for c in ACCOUNT_COLUMNS) + (
+    ", (SELECT s.last_ts FROM meter_register_state s WHERE s.meter_id = a.meter_id) AS meter_last_ts"
+)
 _STAGE_SQL: Final = f"""
     CREATE TEMP TABLE IF NOT EXISTS engine_account_stage ON COMMIT DELETE ROWS AS
     SELECT account_id, {", ".join(STATE_COLUMNS)}, seen_until, due_at, wake_at, NULL::bool AS decided
@@ -413,15 +417,16 @@ def _charge_locked(
 
 
 def _meter_history(cur: Cursor, account_ids: list[str]) -> dict[str, list[AccountMeter]]:
-    cur.execute(
-        f"SELECT {', '.join(METER_COLUMNS)} FROM account_meters WHERE account_id = ANY(%b) "
-        "ORDER BY account_id, installed_at",
-        (account_ids,),
-    )
     history: dict[str, list[AccountMeter]] = defaultdict(list)
-    for row in cur.fetchall():
-        meter = meter_from_row([row[c] for c in METER_COLUMNS])
-        history[meter.account_id].append(meter)
+    with cur.connection.cursor() as rows:  # plain tuples in METER_COLUMNS order: one per account and meter
+        rows.execute(
+            f"SELECT {', '.join(METER_COLUMNS)} FROM account_meters WHERE account_id = ANY(%b) "
+            "ORDER BY account_id, installed_at",
+            (account_ids,),
+        )
+        for row in rows.fetchall():
+            meter = meter_from_row(row)
+            history[meter.account_id].append(meter)
     return history
 
 
@@ -436,14 +441,20 @@ def _usage_events(
     pair_accounts: list[str] = []
     pair_meters: list[str] = []
     pair_after: list[datetime] = []
+    later_accounts: list[str] = []  # the pairs that may have a reading after `read_until`
+    later_meters: list[str] = []
     events: dict[str, list[UsageEvent]] = defaultdict(list)
     for row in rows:
         anchor: datetime = row["anchor_ts"]
+        newest: datetime | None = row["meter_last_ts"]
         for meter in history[row["account_id"]]:
             if meter.removed_at is None or meter.removed_at > anchor:
                 pair_accounts.append(row["account_id"])
                 pair_meters.append(meter.meter_id)
                 pair_after.append(max(anchor, meter.installed_at) if meter.installed_at > anchor else anchor)
+                if meter.meter_id != row["meter_id"] or (newest is not None and newest > read_until):
+                    later_accounts.append(row["account_id"])
+                    later_meters.append(meter.meter_id)
         for event in replacements(history[row["account_id"]]):
             if anchor < event.at <= cu:
                 events[row["account_id"]].append(event)
@@ -472,6 +483,8 @@ def _usage_events(
             RegisterReading(meter_id, ts if ts.tzinfo is UTC else ts.astimezone(UTC), register_wh)
         )
     readings.close()
+    if not later_accounts:
+        return events, {}
     cur.execute(
         """
         SELECT q.account_id, min(n.ts) AS next_ts
@@ -481,10 +494,9 @@ def _usage_events(
         ) AS n
         GROUP BY q.account_id
         """,
-        (pair_accounts, pair_meters, read_until),
+        (later_accounts, later_meters, read_until),
     )
-    next_ts = {row["account_id"]: row["next_ts"] for row in cur.fetchall()}
-    return events, next_ts
+    return events, {row["account_id"]: row["next_ts"] for row in cur.fetchall()}
 
 
 @dataclass(slots=True)
