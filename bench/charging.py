@@ -73,7 +73,7 @@ from headend.engine.accounts import OPERATOR_ACTOR, open_account
 from headend.engine.catalog import Catalog, put_policy, put_tariff
 from headend.engine.charging import BatchStats
 from headend.engine.runner import EngineRunner, tune_gc_for_batches
-from headend.engine.settlement import Settlement, day_end_utc, settle_day
+from headend.engine.settlement import Settlement, day_end_utc, settle_day, tally_problems
 from headend.settings import Settings
 from prepay_engine.account import usage_postings
 from prepay_engine.ledger import (
@@ -833,6 +833,10 @@ def check_charged(conn: Connection, stats: BatchStats, expected: Expected, charg
             raise BenchError(
                 f"{what}: usage_charges holds {stored}, the stats say {stats.charges} / {stats.charged_fen}"
             )
+    if scalar(conn, "SELECT count(*) FROM pg_tables WHERE tablename = 'usage_tallies'"):
+        problems = tally_problems(conn)
+        if problems:
+            raise BenchError(f"{what}: the usage tallies disagree with the charges: {'; '.join(problems[:3])}")
 
 
 def check_ledger(conn: Connection, what: str) -> None:

@@ -16,11 +16,12 @@ the short tail that appends postings.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -402,6 +403,7 @@ def _charge_locked(
     _save_accounts(cur, works, wake, next_ts, cu, lateness_s)
     _reschedule_idle(cur, idle, next_ts, cu, lateness_s)
     _copy_usage_charges(cur, works)
+    _append_usage_tallies(cur, works)
     _update_customer_balances(cur, balances, list(customer_rows))
     charged_fen = _append_usage_postings(cur, postings, customer_rows)
     return BatchStats(
@@ -645,6 +647,30 @@ def _copy_usage_charges(cur: Cursor, works: list[_Work]) -> None:
                             posting_id,
                         )
                     )
+
+
+def _append_usage_tallies(cur: Cursor, works: list[_Work]) -> None:
+    """Tally the batch's charges for the daily settlement: one `usage_tallies` row per zone and local day."""
+    tallies: dict[tuple[str, date], list[int]] = {}
+    for work in works:
+        zone = work.row["zone"]
+        for _, charges in work.days:
+            # a day's charges (`usage_day_postings`): the first one's local day is theirs
+            tally = tallies.setdefault((zone, _local_day(charges[0].interval_start, zone)), [0, 0, 0])
+            tally[0] += len(charges)
+            tally[1] += sum(c.energy_wh for c in charges)
+            tally[2] += sum(c.amount_fen for c in charges)
+    if tallies:
+        cur.executemany(
+            "INSERT INTO usage_tallies (zone, local_day, charges, energy_wh, charged_fen) VALUES (%s, %s, %s, %s, %s)",
+            [(zone, day, *tally) for (zone, day), tally in sorted(tallies.items())],
+        )
+
+
+@functools.lru_cache(maxsize=8192)
+def _local_day(instant: datetime, zone: str) -> date:
+    # every account charges the same grid: each interval start is converted once per zone
+    return instant.astimezone(ZoneInfo(zone)).date()
 
 
 def _due_at(next_ts: Mapping[str, datetime], account_id: str, lateness_s: float) -> datetime | None:

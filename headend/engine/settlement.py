@@ -1,8 +1,9 @@
 """Daily settlement of one local day in one time zone: charge what is chargeable, then report the day.
 
 The day's figures come from the data, not from this run: the interval charges whose interval starts within the
-local day (whenever they were charged), and the accounts in arrears as of the instant the day ended (every
-posting dated at or before it; usage postings never straddle a local midnight). Settling a day again recomputes
+local day (whenever they were charged; summed from the `usage_tallies` each charging transaction appends with its
+charges), and the accounts in arrears as of the instant the day ended (every posting dated at or before it; usage
+postings never straddle a local midnight). Settling a day again recomputes
 the same figures from the same data, so a re-run replaces the record instead of adding to it.
 """
 
@@ -249,16 +250,14 @@ def _report(conn: Connection, day: date, zone: ZoneInfo, start: datetime, end: d
         {"zone": zone.key, "end": end},
     ).fetchone() or (0, 0)
     charges, energy_wh, charged_fen = conn.execute(
-        """
-        SELECT count(*), coalesce(sum(c.energy_wh), 0), coalesce(sum(c.amount_fen), 0)
-        FROM usage_charges c JOIN prepaid_accounts a USING (account_id)
-        WHERE c.interval_start >= %(start)s AND c.interval_start < %(end)s AND a.zone = %(zone)s
-        """,
-        {"start": start, "end": end, "zone": zone.key},
+        "SELECT coalesce(sum(charges), 0), coalesce(sum(energy_wh), 0), coalesce(sum(charged_fen), 0) "
+        "FROM usage_tallies WHERE zone = %s AND local_day = %s",
+        (zone.key, day),
     ).fetchone() or (0, 0, 0)
+    in_debt = [str(r[0]) for r in conn.execute(_ARREARS_CANDIDATES_SQL, {"end": end})]
     arrears = tuple(
         Arrears(str(r[0]), int(r[1]), int(r[2]), int(r[3]), str(r[4]))
-        for r in conn.execute(_ARREARS_AT_END_SQL, {"end": end, "zone": zone.key}).fetchall()
+        for r in conn.execute(_ARREARS_AT_END_SQL, {"end": end, "zone": zone.key, "customers": in_debt}).fetchall()
     )
     return Settlement(
         day,
@@ -273,22 +272,34 @@ def _report(conn: Connection, day: date, zone: ZoneInfo, start: datetime, end: d
     )
 
 
-# Balances at the day's end: today's balance minus what postings dated after the end moved (a BRIN index on
+# The customers who may have owed money when the day ended: those who owe now, and those with postings since (a
+# scan of the customer ledger rows, not a balance per account)
+_ARREARS_CANDIDATES_SQL = """
+    SELECT customer_id FROM ledger_accounts
+    WHERE (kind = 'customer_prepaid' AND balance_fen < 0) OR (kind = 'debt_receivable' AND balance_fen > 0)
+    UNION
+    SELECT l.customer_id FROM ledger_postings p
+    CROSS JOIN LATERAL (VALUES (p.debit_account_id), (p.credit_account_id)) AS v(account_id)
+    JOIN ledger_accounts l ON l.account_id = v.account_id
+    WHERE p.at > %(end)s AND l.customer_id IS NOT NULL
+"""
+
+# Their balances at the day's end: today's balance minus what postings dated after the end moved (a BRIN index on
 # `at` keeps that scan to the postings written since).
 _ARREARS_AT_END_SQL = """
     WITH moved AS (
-        SELECT account_id, sum(credit_minus_debit_fen) AS credit_minus_debit_fen FROM (
-            SELECT credit_account_id AS account_id, amount_fen AS credit_minus_debit_fen
-            FROM ledger_postings WHERE at > %(end)s
-            UNION ALL
-            SELECT debit_account_id, -amount_fen FROM ledger_postings WHERE at > %(end)s
-        ) p GROUP BY account_id
+        SELECT v.account_id, sum(v.credit_minus_debit_fen) AS credit_minus_debit_fen
+        FROM ledger_postings p
+        CROSS JOIN LATERAL (VALUES (p.credit_account_id, p.amount_fen), (p.debit_account_id, -p.amount_fen))
+            AS v(account_id, credit_minus_debit_fen)
+        WHERE p.at > %(end)s
+        GROUP BY v.account_id
     ), at_end AS (
         SELECT l.customer_id, l.kind,
             l.balance_fen - CASE WHEN l.normal_side = 'credit' THEN coalesce(m.credit_minus_debit_fen, 0)
                 ELSE -coalesce(m.credit_minus_debit_fen, 0) END AS balance_fen
         FROM ledger_accounts l LEFT JOIN moved m USING (account_id)
-        WHERE l.customer_id IS NOT NULL
+        WHERE l.customer_id = ANY(%(customers)b)
     )
     SELECT a.account_id,
         coalesce(sum(e.balance_fen) FILTER (WHERE e.kind = 'customer_prepaid'), 0),
@@ -296,12 +307,40 @@ _ARREARS_AT_END_SQL = """
         coalesce(sum(e.balance_fen) FILTER (WHERE e.kind = 'debt_receivable'), 0),
         a.supply
     FROM prepaid_accounts a JOIN at_end e ON e.customer_id = a.account_id
-    WHERE a.zone = %(zone)s AND a.opened_at < %(end)s
+    WHERE a.zone = %(zone)s AND a.opened_at < %(end)s AND a.account_id = ANY(%(customers)b)
     GROUP BY a.account_id, a.supply
     HAVING coalesce(sum(e.balance_fen) FILTER (WHERE e.kind = 'customer_prepaid'), 0) < 0
         OR coalesce(sum(e.balance_fen) FILTER (WHERE e.kind = 'debt_receivable'), 0) > 0
     ORDER BY a.account_id
 """
+
+
+def tally_problems(conn: Connection) -> list[str]:
+    """Zones and days whose `usage_tallies` differ from their `usage_charges` (none: the tallies are whole).
+
+    Reads every charge: for tests, benchmarks and an operator's audit, not for each settlement.
+    """
+    rows = conn.execute(
+        """
+        WITH charged AS (
+            SELECT a.zone, (c.interval_start AT TIME ZONE a.zone)::date AS local_day,
+                count(*) AS charges, sum(c.energy_wh) AS energy_wh, sum(c.amount_fen) AS charged_fen
+            FROM usage_charges c JOIN prepaid_accounts a USING (account_id) GROUP BY 1, 2
+        ), tallied AS (
+            SELECT zone, local_day, sum(charges) AS charges, sum(energy_wh) AS energy_wh,
+                sum(charged_fen) AS charged_fen
+            FROM usage_tallies GROUP BY 1, 2
+        )
+        SELECT zone, local_day, c.charges, c.energy_wh, c.charged_fen, t.charges, t.energy_wh, t.charged_fen
+        FROM charged c FULL JOIN tallied t USING (zone, local_day)
+        WHERE (c.charges, c.energy_wh, c.charged_fen) IS DISTINCT FROM (t.charges, t.energy_wh, t.charged_fen)
+        ORDER BY 1, 2
+        """
+    ).fetchall()
+    return [
+        f"{zone} {day}: charges {c} / {e} Wh / {f} fen, tallied {tc} / {te} Wh / {tf} fen"
+        for zone, day, c, e, f, tc, te, tf in rows
+    ]
 
 
 def _record(conn: Connection, s: Settlement) -> None:

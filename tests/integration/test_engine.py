@@ -11,13 +11,17 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from alembic import command
+from sqlalchemy import create_engine
 
 from headend import ledger_store
+from headend.db.engine import normalise_url
+from headend.db.migrate import alembic_config, migrate
 from headend.engine import charging
 from headend.engine.accounts import AccountError, open_account, pay, replace_meter
 from headend.engine.catalog import Catalog, CatalogError, put_calendar_year, put_policy, put_tariff
 from headend.engine.runner import EngineRunner
-from headend.engine.settlement import SettlementError, settle_day
+from headend.engine.settlement import SettlementError, settle_day, tally_problems
 from prepay_engine import account as pure_account
 from prepay_engine.account import RelayAction
 from prepay_engine.calendar import DeclaredYear
@@ -286,6 +290,7 @@ def test_two_runners_at_once_charge_each_interval_once(database_url: str, conn: 
             _expected_charges(expected).values()
         )
     assert ledger_store.check_invariants(conn) == ()
+    assert tally_problems(conn) == []
 
 
 def test_a_runner_killed_mid_batch_leaves_nothing_and_the_next_charges_everything_once(
@@ -311,6 +316,7 @@ def test_a_runner_killed_mid_batch_leaves_nothing_and_the_next_charges_everythin
         _runner(doomed, batch=10).sweep()
     assert count(conn, "SELECT count(*) FROM ledger_postings") == 0
     assert count(conn, "SELECT count(*) FROM usage_charges") == 0
+    assert count(conn, "SELECT count(*) FROM usage_tallies") == 0
     assert count(conn, "SELECT count(*) FROM notification_outbox") == 0
     assert count(conn, "SELECT count(*) FROM prepaid_accounts WHERE anchor_ts > %s", DAY_START) == 0
 
@@ -324,6 +330,7 @@ def test_a_runner_killed_mid_batch_leaves_nothing_and_the_next_charges_everythin
     assert {**_charges(conn, "a1"), **_charges(conn, "a2")} == expected
     assert count(conn, "SELECT count(*) FROM ledger_postings WHERE kind = 'usage'") == stats.postings == 2
     assert ledger_store.check_invariants(conn) == ()
+    assert tally_problems(conn) == []
 
 
 def test_a_failing_account_is_isolated_and_the_others_are_charged(conn: Conn, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -418,6 +425,7 @@ def test_settlement_charges_the_rest_of_the_day_and_reports_arrears(conn: Conn) 
     )
     assert (settled.day.charges, settled.day.energy_wh, settled.day.charged_fen) == (96 + 20, 96 * 400, day_fen)
     assert settled.run.charged_fen > settled.day.charged_fen
+    assert tally_problems(conn) == []  # the day's figures are summed from the tallies the charging appended
     # usage postings never straddle the local midnight: the day's ends at it
     postings = conn.execute("SELECT at, amount_fen FROM ledger_postings WHERE kind = 'usage' ORDER BY at").fetchall()
     assert [r[0] for r in postings] == [day_end, day_end + timedelta(hours=1)]
@@ -508,11 +516,51 @@ def test_settlement_workers_charge_every_account_once_as_one_process_would(datab
             register_wh=1_000_000,
         )
         assert charged[f"a{i}"] == sum(c.amount_fen for c in alone.usage.charges), f"a{i}"
+    assert (settled.day.charges, settled.day.charged_fen) == (12 * 96, sum(charged.values()))
+    assert tally_problems(conn) == []
     again = settle_day(
         conn, catalog, day, SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=2, workers=3, url=database_url
     )
     assert again.run.charges == 0
     assert (again.day, again.arrears) == (settled.day, settled.arrears)
+
+
+def test_upgrading_to_usage_tallies_tallies_the_charges_already_stored(database_url: str, conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1", "m2"])
+    _open(conn, catalog, "a1", "m1")
+    _open(conn, catalog, "a2", "m2")
+    store_readings(conn, series("m1", DAY_START + STEP, 100, STEP, 1_000_000, 400))  # into the next local day
+    store_readings(conn, series("m2", DAY_START + STEP, 30, STEP, 1_000_000, 250))
+    _runner(conn).sweep()
+    before = settle_day(conn, catalog, date(2026, 11, 20), SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=5)
+    # the schema before usage_tallies, with these charges in it; then the upgrade tallies them
+    engine = create_engine(normalise_url(database_url))
+    try:
+        with engine.begin() as connection:
+            cfg = alembic_config(database_url)
+            cfg.attributes["connection"] = connection
+            command.downgrade(cfg, "0013")
+    finally:
+        engine.dispose()
+    assert count(conn, "SELECT count(*) FROM pg_tables WHERE tablename = 'usage_tallies'") == 0
+    migrate(database_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
+    assert count(conn, "SELECT count(*) FROM usage_tallies") == 2  # one a zone and local day
+    assert tally_problems(conn) == []
+    after = settle_day(conn, catalog, date(2026, 11, 20), SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=5)
+    assert (after.day, after.arrears) == (before.day, before.arrears)
+    assert before.day.charges == 96 + 30
+
+
+def test_usage_tallies_are_append_only(conn: Conn) -> None:
+    conn.execute(
+        "INSERT INTO usage_tallies (zone, local_day, charges, energy_wh, charged_fen) "
+        "VALUES ('Asia/Shanghai', '2026-11-20', 1, 100, 5)"
+    )
+    for statement in ("UPDATE usage_tallies SET charges = 2", "DELETE FROM usage_tallies", "TRUNCATE usage_tallies"):
+        with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
+            conn.execute(statement)
+    assert count(conn, "SELECT sum(charged_fen) FROM usage_tallies") == 5
 
 
 def test_settlement_covers_the_accounts_of_its_zone(conn: Conn) -> None:
