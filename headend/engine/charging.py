@@ -17,6 +17,7 @@ the short tail that appends postings.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 
 from headend.engine.account_rows import (
     ACCOUNT_COLUMNS,
@@ -223,6 +224,7 @@ def charge_next(
     assert complete_until <= now
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         catalog.refresh(conn)
+        set_json_loads(_load_json, cur)
         cur.execute(
             f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id > %(after)s AND {condition_sql} "
             f"ORDER BY a.account_id LIMIT %(limit)s FOR UPDATE{' SKIP LOCKED' if skip_locked else ''}",
@@ -268,6 +270,7 @@ def charge_accounts(
         return BatchStats()
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         catalog.refresh(conn)
+        set_json_loads(_load_json, cur)
         cur.execute(
             f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id = ANY(%b) "
             f"ORDER BY a.account_id FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
@@ -285,6 +288,11 @@ def charge_accounts(
             lateness_s=lateness_s,
             eager_on_grid=eager_on_grid,
         )
+
+
+def _load_json(data: str | bytes) -> Any:
+    # most accounts hold no notices ('[]'): json.loads costs ~1 µs of a row for that
+    return [] if data == b"[]" else json.loads(data)
 
 
 @dataclass(slots=True)
