@@ -73,7 +73,7 @@ from headend.engine.accounts import OPERATOR_ACTOR, open_account
 from headend.engine.catalog import Catalog, put_policy, put_tariff
 from headend.engine.charging import BatchStats
 from headend.engine.runner import EngineRunner, tune_gc_for_batches
-from headend.engine.settlement import Settlement, day_end_utc, settle_day, tally_problems
+from headend.engine.settlement import Settlement, day_end_utc, settle_day, settle_workers, tally_problems
 from headend.settings import Settings
 from prepay_engine.account import usage_postings
 from prepay_engine.ledger import (
@@ -1173,8 +1173,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--settle-workers",
         type=int,
-        default=Settings().settle_workers or os.cpu_count() or 1,
-        help="(2) settlement worker processes (default as `headend settle`: HEADEND_SETTLE_WORKERS, else one per CPU)",
+        default=settle_workers(Settings().settle_workers),
+        help="(2) settlement worker processes (default as `headend settle`: HEADEND_SETTLE_WORKERS, else one per CPU "
+        "plus one)",
     )
     parser.add_argument("--parts", default="12", help="which parts to run, any of '12' (default both)")
     parser.add_argument(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from headend import ledger_store, payment_store
 from headend.engine.accounts import AccountError, open_account, pay, replace_meter, reverse_payment, set_flags
 from headend.engine.catalog import Catalog, CatalogError, put_calendar_year, put_policy, put_tariff
 from headend.engine.runner import EngineRunner, tune_gc_for_batches, utc_now
-from headend.engine.settlement import SettlementError, settle_day
+from headend.engine.settlement import SettlementError, settle_day, settle_workers
 from headend.services import connect_database, database_url
 from headend.settings import Settings
 from headend.signals import stop_on_signals
@@ -341,7 +340,9 @@ def settle_command(
     limit: Annotated[int, typer.Option(min=0, help="Accounts in arrears to list.")] = 50,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Processes that charge (default HEADEND_SETTLE_WORKERS, 0 there: one per CPU)."),
+        typer.Option(
+            min=1, help="Processes that charge (default HEADEND_SETTLE_WORKERS, 0 there: one per CPU, plus one)."
+        ),
     ] = None,
 ) -> None:
     """Charge what is still uncharged, then report the day's usage and the accounts in arrears at its end."""
@@ -365,7 +366,7 @@ def settle_command(
                 now=datetime.now(UTC),
                 lateness_s=settings.engine_lateness_s,
                 batch_accounts=settings.engine_batch_accounts,
-                workers=workers or settings.settle_workers or os.cpu_count() or 1,
+                workers=workers or settle_workers(settings.settle_workers),
                 url=url,
             )
         except SettlementError as exc:

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         description="charge a reading that closes the next on-grid interval at once, without waiting for the lateness",
     )
     settle_workers: int = Field(
-        default=0, ge=0, le=64, description="processes a settlement charges with (0: one per CPU)"
+        default=0, ge=0, le=64, description="processes a settlement charges with (0: one per CPU, plus one)"
     )
     api_host: str = Field(default="127.0.0.1", description="address `headend serve` listens on")
     api_port: int = Field(default=8080, ge=1, le=65535, description="port `headend serve` listens on")
