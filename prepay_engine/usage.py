@@ -72,6 +72,11 @@ def floor_to_interval(instant: datetime) -> datetime:
     return utc - (utc - _EPOCH) % INTERVAL
 
 
+@functools.lru_cache(maxsize=8192)
+def _on_grid(instant: datetime) -> bool:
+    return floor_to_interval(instant) == instant
+
+
 def charge_id_for(meter_id: str, interval_start: datetime) -> str:
     """Idempotency key of the usage charge of `meter_id` for the interval starting at `interval_start`."""
     return f"usage:{meter_id}:{interval_stamp(interval_start)}"
@@ -206,12 +211,17 @@ class UsageState:
     def __post_init__(self) -> None:
         assert self.anchor_ts.tzinfo is UTC
         assert self.charged_until.tzinfo is UTC
-        assert floor_to_interval(self.anchor_ts) == self.charged_until, (self.anchor_ts, self.charged_until)
+        # floor_to_interval(anchor_ts) == charged_until, without the arithmetic for each state (one per account
+        # a batch, twice): the grid instant is checked once, then only compared
+        assert _on_grid(self.charged_until), self.charged_until
+        assert self.charged_until <= self.anchor_ts < self.charged_until + INTERVAL, self.anchor_ts
         assert 0 <= self.carried_wh <= self.consumed_wh
         assert self.cycle_usage_wh >= 0
         # equal times remain possible: another meter's reading at the instant of a replacement
-        assert all(r.ts >= self.anchor_ts for r in self.pending_readings)
-        assert all(p.at >= self.anchor_ts for p in self.pending_replacements)
+        if self.pending_readings:
+            assert all(r.ts >= self.anchor_ts for r in self.pending_readings)
+        if self.pending_replacements:
+            assert all(p.at >= self.anchor_ts for p in self.pending_replacements)
 
 
 def open_usage(

@@ -308,11 +308,6 @@ class _Work:
         """The account's id."""
         return str(self.row["account_id"])
 
-    @property
-    def postings(self) -> tuple[Posting, ...]:
-        """The batch's usage postings of this account."""
-        return tuple(p for p, _ in self.days if p is not None)
-
 
 def _charge_locked(
     cur: Cursor,
@@ -333,6 +328,7 @@ def _charge_locked(
     works: list[_Work] = []
     idle: list[dict[str, Any]] = []
     anomalies: list[tuple[str, str, datetime, str, str]] = []
+    postings: list[Posting] = []
     stats_charges = 0
     for row in rows:
         account_id = row["account_id"]
@@ -354,12 +350,15 @@ def _charge_locked(
                 )
             work.usage = replace(usage.state, pending_readings=()) if waiting else usage.state
             work.days = usage_day_postings(account_id, usage.charges, ZoneInfo(row["zone"]))
-            work.decide = work.decide or bool(work.postings)
+            for posting, _ in work.days:
+                if posting is not None:
+                    postings.append(posting)
+                    work.decide = True
             stats_charges += len(usage.charges)
-            anomalies.extend((account_id, a.meter_id, a.ts, str(a.kind), a.detail) for a in usage.anomalies)
+            if usage.anomalies:
+                anomalies.extend((account_id, a.meter_id, a.ts, str(a.kind), a.detail) for a in usage.anomalies)
         works.append(work)
 
-    postings = [p for w in works for p in w.postings]
     balances = _lock_prepaid_balances(cur, [w.account_id for w in works if w.decide])
     customer_rows = _apply_usage_to_balances(postings, balances)
 
@@ -666,8 +665,9 @@ def _append_usage_tallies(cur: Cursor, works: list[_Work]) -> None:
             # a day's charges (`usage_day_postings`): the first one's local day is theirs
             tally = tallies.setdefault((zone, _local_day(charges[0].interval_start, zone)), [0, 0, 0])
             tally[0] += len(charges)
-            tally[1] += sum(c.energy_wh for c in charges)
-            tally[2] += sum(c.amount_fen for c in charges)
+            for c in charges:
+                tally[1] += c.energy_wh
+                tally[2] += c.amount_fen
     if tallies:
         cur.executemany(
             "INSERT INTO usage_tallies (zone, local_day, charges, energy_wh, charged_fen) VALUES (%s, %s, %s, %s, %s)",
