@@ -171,6 +171,17 @@ def test_ledger_account_ids_derive_customer_and_channel(
     assert row == (customer_id, channel)
 
 
+def test_ledger_customer_and_channel_stay_derived_from_the_account_id(db: psycopg.Connection[Any]) -> None:
+    db.execute(
+        "INSERT INTO ledger_accounts (account_id, kind, customer_id) VALUES ('customer:C1:debt', 'revenue', 'X')"
+    )
+    db.execute(
+        "UPDATE ledger_accounts SET debits_fen = 5, balance_fen = -5, version = 1"
+    )  # a balance: not derived again
+    db.execute("UPDATE ledger_accounts SET customer_id = 'C2', channel = 'wechat'")
+    assert db.execute("SELECT customer_id, channel, balance_fen FROM ledger_accounts").fetchall() == [("C1", None, -5)]
+
+
 @pytest.mark.parametrize("account_id", ["", "x" * 161, "has space", "tab\there", "é"])
 def test_ledger_account_ids_outside_the_pattern_are_refused(db: psycopg.Connection[Any], account_id: str) -> None:
     assert pure_ledger.ID_PATTERN.fullmatch(account_id) is None
