@@ -297,16 +297,12 @@ def _load_json(data: str | bytes) -> Any:
 
 @dataclass(slots=True)
 class _Work:
+    account_id: str
     row: dict[str, Any]
     usage: UsageState  # after this batch's charging
     account: PrepaidAccount | None = None  # built only to decide (most accounts are quiet: see `is_quiet`)
     days: tuple[tuple[Posting | None, tuple[IntervalCharge, ...]], ...] = ()  # usage postings, one per local day
     decide: bool = False
-
-    @property
-    def account_id(self) -> str:
-        """The account's id."""
-        return str(self.row["account_id"])
 
 
 def _charge_locked(
@@ -337,7 +333,7 @@ def _charge_locked(
         if not account_events and (wake_at is None or wake_at > now):
             idle.append(row)
             continue
-        work = _Work(row, usage_state_from_row(row, history[account_id]))
+        work = _Work(account_id, row, usage_state_from_row(row, history[account_id]))
         work.decide = wake_at is not None and wake_at <= now
         if account_events:
             tariff = catalog.tariffs[row["tariff_code"]]
@@ -663,7 +659,10 @@ def _append_usage_tallies(cur: Cursor, works: list[_Work]) -> None:
         zone = work.row["zone"]
         for _, charges in work.days:
             # a day's charges (`usage_day_postings`): the first one's local day is theirs
-            tally = tallies.setdefault((zone, _local_day(charges[0].interval_start, zone)), [0, 0, 0])
+            key = (zone, _local_day(charges[0].interval_start, zone))
+            tally = tallies.get(key)
+            if tally is None:
+                tally = tallies[key] = [0, 0, 0]
             tally[0] += len(charges)
             for c in charges:
                 tally[1] += c.energy_wh
