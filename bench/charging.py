@@ -1141,7 +1141,13 @@ def report(r: Results, batches: Sequence[int]) -> str:
 
 
 # the code on the measured path: a change of any of it during a benchmark makes its runs incomparable
-MEASURED: Final = ("headend/engine", "headend/ledger_store.py", "headend/migrations", "prepay_engine")
+MEASURED: Final = (
+    "headend/engine",
+    "headend/ledger_store.py",
+    "headend/db/engine.py",
+    "headend/migrations",
+    "prepay_engine",
+)
 
 
 def check_code(digest: str) -> None:
