@@ -1,4 +1,4 @@
-"""Run the Alembic migrations to head, serialised by an advisory lock."""
+"""Run the Alembic migrations (to head, or back to a revision), serialised by an advisory lock."""
 
 from __future__ import annotations
 
@@ -30,5 +30,18 @@ def migrate(url: str, *, require_timescaledb: bool, collection_timezone: str) ->
             cfg.attributes["require_timescaledb"] = require_timescaledb
             cfg.attributes["collection_timezone"] = collection_timezone
             command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the schema at `url` back to `revision` (`base`: nothing), dropping what later revisions made."""
+    engine = make_engine(url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
+            cfg = alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
     finally:
         engine.dispose()

@@ -11,12 +11,9 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
-from alembic import command
-from sqlalchemy import create_engine
 
 from headend import ledger_store
-from headend.db.engine import normalise_url
-from headend.db.migrate import alembic_config, migrate
+from headend.db.migrate import downgrade, migrate
 from headend.engine import charging
 from headend.engine.accounts import AccountError, open_account, pay, replace_meter
 from headend.engine.catalog import Catalog, CatalogError, put_calendar_year, put_policy, put_tariff
@@ -535,14 +532,7 @@ def test_upgrading_to_usage_tallies_tallies_the_charges_already_stored(database_
     _runner(conn).sweep()
     before = settle_day(conn, catalog, date(2026, 11, 20), SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=5)
     # the schema before usage_tallies, with these charges in it; then the upgrade tallies them
-    engine = create_engine(normalise_url(database_url))
-    try:
-        with engine.begin() as connection:
-            cfg = alembic_config(database_url)
-            cfg.attributes["connection"] = connection
-            command.downgrade(cfg, "0013")
-    finally:
-        engine.dispose()
+    downgrade(database_url, "0013")
     assert count(conn, "SELECT count(*) FROM pg_tables WHERE tablename = 'usage_tallies'") == 0
     migrate(database_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
     assert count(conn, "SELECT count(*) FROM usage_tallies") == 2  # one a zone and local day

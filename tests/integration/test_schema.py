@@ -9,11 +9,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from alembic import command
-from sqlalchemy import create_engine
 
-from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, Storage, normalise_url
-from headend.db.migrate import alembic_config, migrate
+from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, Storage
+from headend.db.migrate import downgrade, migrate
 from headend.ingest.messages import Decoded, SourcedReading
 from headend.ingest.writer import ReadingWriter
 from prepay_engine import ledger as pure_ledger
@@ -122,14 +120,7 @@ def test_timescaledb_path(empty_database_url: str) -> None:
 def test_migrate_is_repeatable_and_reversible(empty_database_url: str) -> None:
     migrate(empty_database_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
     migrate(empty_database_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
-    engine = create_engine(normalise_url(empty_database_url))
-    try:
-        with engine.begin() as connection:
-            cfg = alembic_config(empty_database_url)
-            cfg.attributes["connection"] = connection
-            command.downgrade(cfg, "base")
-    finally:
-        engine.dispose()
+    downgrade(empty_database_url, "base")
     with psycopg.connect(empty_database_url) as conn:
         assert (
             count(conn, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'")
