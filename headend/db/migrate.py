@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
@@ -21,27 +23,28 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str, *, require_timescaledb: bool, collection_timezone: str) -> None:
     """Upgrade the schema at `url` to the newest revision."""
-    engine = make_engine(url, pool_size=1)
-    try:
-        with engine.begin() as conn:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
-            cfg = alembic_config(url)
-            cfg.attributes["connection"] = conn
-            cfg.attributes["require_timescaledb"] = require_timescaledb
-            cfg.attributes["collection_timezone"] = collection_timezone
-            command.upgrade(cfg, "head")
-    finally:
-        engine.dispose()
+    _locked(
+        url,
+        lambda cfg: command.upgrade(cfg, "head"),
+        require_timescaledb=require_timescaledb,
+        collection_timezone=collection_timezone,
+    )
 
 
 def downgrade(url: str, revision: str) -> None:
     """Take the schema at `url` back to `revision` (`base`: nothing), dropping what later revisions made."""
+    _locked(url, lambda cfg: command.downgrade(cfg, revision))
+
+
+def _locked(url: str, step: Callable[[Config], None], **attributes: object) -> None:
+    """Run an Alembic `step` in one transaction holding the migration lock; `attributes` reach the migrations."""
     engine = make_engine(url, pool_size=1)
     try:
         with engine.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
-            command.downgrade(cfg, revision)
+            cfg.attributes.update(attributes)
+            step(cfg)
     finally:
         engine.dispose()
