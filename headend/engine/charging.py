@@ -450,19 +450,22 @@ def _usage_events(
     later_meters: list[str] = []
     events: dict[str, list[UsageEvent]] = defaultdict(list)
     for row in rows:
+        account_id = row["account_id"]
         anchor: datetime = row["anchor_ts"]
         newest: datetime | None = row["meter_last_ts"]
-        for meter in history[row["account_id"]]:
+        meters = history[account_id]
+        for meter in meters:
             if meter.removed_at is None or meter.removed_at > anchor:
-                pair_accounts.append(row["account_id"])
+                pair_accounts.append(account_id)
                 pair_meters.append(meter.meter_id)
-                pair_after.append(max(anchor, meter.installed_at) if meter.installed_at > anchor else anchor)
+                pair_after.append(meter.installed_at if meter.installed_at > anchor else anchor)
                 if meter.meter_id != row["meter_id"] or (newest is not None and newest > read_until):
-                    later_accounts.append(row["account_id"])
+                    later_accounts.append(account_id)
                     later_meters.append(meter.meter_id)
-        for event in replacements(history[row["account_id"]]):
-            if anchor < event.at <= cu:
-                events[row["account_id"]].append(event)
+        if len(meters) > 1:  # one meter ever: no replacement
+            for event in replacements(meters):
+                if anchor < event.at <= cu:
+                    events[account_id].append(event)
     if not pair_accounts:
         return events, {}
     lowest = min(pair_after)
