@@ -223,14 +223,14 @@ def charge_next(
     """
     assert complete_until <= now
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        catalog.refresh(conn)
-        set_json_loads(_load_json, cur)
-        cur.execute(
-            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id > %(after)s AND {condition_sql} "
-            f"ORDER BY a.account_id LIMIT %(limit)s FOR UPDATE{' SKIP LOCKED' if skip_locked else ''}",
-            {**params, "now": now, "limit": limit, "after": after},
+        rows = _lock_account_rows(
+            cur,
+            catalog,
+            f"a.account_id > %(after)s AND {condition_sql}",
+            {**params, "now": now, "after": after},
+            skip_locked=skip_locked,
+            limit=limit,
         )
-        rows = cur.fetchall()
         ids = [str(r["account_id"]) for r in rows]
         if not rows:
             return BatchStats(), ids
@@ -269,14 +269,9 @@ def charge_accounts(
     if not account_ids:
         return BatchStats()
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        catalog.refresh(conn)
-        set_json_loads(_load_json, cur)
-        cur.execute(
-            f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE a.account_id = ANY(%b) "
-            f"ORDER BY a.account_id FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
-            (list(account_ids),),
+        rows = _lock_account_rows(
+            cur, catalog, "a.account_id = ANY(%(ids)b)", {"ids": list(account_ids)}, skip_locked=not wait
         )
-        rows = cur.fetchall()
         if not rows:
             return BatchStats()
         return _charge_locked(
@@ -288,6 +283,27 @@ def charge_accounts(
             lateness_s=lateness_s,
             eager_on_grid=eager_on_grid,
         )
+
+
+def _lock_account_rows(
+    cur: Cursor,
+    catalog: Catalog,
+    condition_sql: str,
+    params: Mapping[str, Any],
+    *,
+    skip_locked: bool,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """The `prepaid_accounts` rows meeting `condition_sql` (on `a`), in id order, at most `limit`, locked FOR UPDATE
+    — or, with `skip_locked`, passed over while another transaction holds them; the catalog refreshed first."""
+    catalog.refresh(cur.connection)
+    set_json_loads(_load_json, cur)
+    cur.execute(
+        f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE {condition_sql} ORDER BY a.account_id"
+        f"{'' if limit is None else ' LIMIT %(limit)s'} FOR UPDATE{' SKIP LOCKED' if skip_locked else ''}",
+        params if limit is None else {**params, "limit": limit},
+    )
+    return cur.fetchall()
 
 
 def _load_json(data: str | bytes) -> Any:

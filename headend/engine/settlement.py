@@ -3,8 +3,8 @@
 The day's figures come from the data, not from this run: the interval charges whose interval starts within the
 local day (whenever they were charged; summed from the `usage_tallies` each charging transaction appends with its
 charges), and the accounts in arrears as of the instant the day ended (every posting dated at or before it; usage
-postings never straddle a local midnight). Settling a day again recomputes
-the same figures from the same data, so a re-run replaces the record instead of adding to it.
+postings never straddle a local midnight). Settling a day again recomputes the same figures from the same data,
+so a re-run replaces the record instead of adding to it.
 """
 
 from __future__ import annotations
