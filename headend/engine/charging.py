@@ -9,9 +9,10 @@ Nothing is written for an account unless all of it is, so a runner killed mid-ba
 they were and the next runner charges them; the charge ids are deterministic and `usage_charges`' primary
 key, so a replay could never charge an interval twice either.
 
-Locks are taken in one order everywhere: account rows, then the customers' ledger rows (C collation), then the
-shared revenue account last and only for the append, so two runners overlap their charging and queue only on
-the short tail that appends postings.
+Locks are taken in one order everywhere: account rows, then the customers' ledger rows (C collation; the prepaid
+rows of the customers charged are locked by the UPDATE that charges them), then the shared revenue account last
+and only for the append, so two runners overlap their charging and queue only on the short tail that appends
+postings.
 """
 
 from __future__ import annotations
@@ -371,8 +372,15 @@ def _charge_locked(
                 anomalies.extend((account_id, a.meter_id, a.ts, str(a.kind), a.detail) for a in usage.anomalies)
         works.append(work)
 
-    balances = _lock_prepaid_balances(cur, [w.account_id for w in works if w.decide])
-    customer_rows = _apply_usage_to_balances(postings, balances)
+    # the accounts charged something: their prepaid balances lowered (and locked) by one UPDATE; the others to be
+    # decided (a deferred decision due): locked as they are
+    balances = _charge_prepaid_balances(cur, postings)
+    balances.update(
+        _lock_prepaid_balances(
+            cur, [w.account_id for w in works if w.decide and prepaid_account_id(w.account_id) not in balances]
+        )
+    )
+    customer_rows = _balances_after_each(postings, balances)
 
     notifications: list[NotificationRequest] = []
     commands: list[CommandRequest] = []
@@ -423,7 +431,6 @@ def _charge_locked(
     _reschedule_idle(cur, idle, next_ts, cu, lateness_s)
     _copy_usage_charges(cur, works)
     _append_usage_tallies(cur, works)
-    _update_customer_balances(cur, balances, list(customer_rows))
     charged_fen = _append_usage_postings(cur, postings, customer_rows)
     return BatchStats(
         accounts=len(rows),
@@ -569,42 +576,56 @@ def _emergency_credit_balances(cur: Cursor, account_ids: list[str]) -> dict[str,
     return {i: lent[emergency_credit_account_id(i)] for i in account_ids}
 
 
-def _apply_usage_to_balances(postings: list[Posting], balances: dict[str, _Balance]) -> dict[str, list[int]]:
-    """Lower each customer's prepaid balance by its postings; the balance after each posting, by account."""
-    after: dict[str, list[int]] = defaultdict(list)
+def _charge_prepaid_balances(cur: Cursor, postings: list[Posting]) -> dict[str, _Balance]:
+    """Lower each customer's prepaid balance by its usage postings in one UPDATE, which locks the rows; the balances
+    after, by ledger account id.
+
+    No lock of the rows before: the UPDATE takes them (in the order of the sorted ids, a nested loop over the
+    array, as `headend.ledger_store` does) and the amounts don't depend on the balances. Within the engine only this
+    transaction writes these customers' rows (it holds their `prepaid_accounts` rows); the shared revenue account
+    comes last (`_append_usage_postings`).
+    """
+    charged_fen: dict[str, int] = defaultdict(int)
     for p in postings:
         assert 0 < p.amount_fen <= DEFAULT_MAX_POSTING_FEN, p
-        b = balances[p.debit_account_id]
-        b.debits_fen += p.amount_fen
-        if b.debits_fen > MAX_BIGINT:
-            raise OverflowError(f"{p.debit_account_id}: debit total would exceed {MAX_BIGINT}")
-        b.balance_fen = b.credits_fen - b.debits_fen  # customer prepaid is credit-normal
-        after[p.debit_account_id].append(b.balance_fen)
-    return after
-
-
-def _update_customer_balances(cur: Cursor, balances: Mapping[str, _Balance], touched: Sequence[str]) -> None:
-    if not touched:
-        return
-    rows = [balances[a] for a in sorted(touched)]
+        charged_fen[p.debit_account_id] += p.amount_fen
+    if not charged_fen:
+        return {}
+    ids = sorted(charged_fen)
+    # customer prepaid is credit-normal: balance = credits - debits; a debit total beyond bigint fails the batch
     cur.execute(
         """
         UPDATE ledger_accounts AS a
-        SET debits_fen = v.debits_fen, balance_fen = v.balance_fen, version = a.version + 1
-        FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::bigint[])
-            AS v(account_id, debits_fen, balance_fen, version)
-        WHERE a.account_id = v.account_id AND a.version = v.version
+        SET debits_fen = a.debits_fen + v.amount_fen, balance_fen = a.credits_fen - a.debits_fen - v.amount_fen,
+            version = a.version + 1
+        FROM unnest(%b::text[], %b::bigint[]) AS v(account_id, amount_fen)
+        WHERE a.account_id = v.account_id
+        RETURNING a.account_id, a.debits_fen, a.credits_fen, a.balance_fen, a.version
         """,
-        (
-            [b.account_id for b in rows],
-            [b.debits_fen for b in rows],
-            [b.balance_fen for b in rows],
-            [b.version for b in rows],
-        ),
+        (ids, [charged_fen[i] for i in ids]),
     )
-    if cur.rowcount != len(rows):
-        # impossible while every writer goes through the row locks; refuse rather than lose an update
-        raise RuntimeError("ledger accounts changed under their row locks")
+    balances = {r["account_id"]: _Balance(**r) for r in cur.fetchall()}
+    if len(balances) != len(ids):
+        missing = [a for a in ids if a not in balances]
+        raise RuntimeError(f"ledger accounts not open: {', '.join(missing[:5])}")
+    return balances
+
+
+def _balances_after_each(postings: list[Posting], balances: Mapping[str, _Balance]) -> dict[str, list[int]]:
+    """The customer's prepaid balance after each of its postings (in order), from the balance after all of them."""
+    after: dict[str, list[int]] = {}
+    later_fen: dict[str, int] = {}  # the amount of the customer's posting after the one at hand
+    for p in reversed(postings):
+        account_id = p.debit_account_id
+        running = after.get(account_id)
+        if running is None:
+            after[account_id] = [balances[account_id].balance_fen]
+        else:
+            running.append(running[-1] + later_fen[account_id])
+        later_fen[account_id] = p.amount_fen
+    for running in after.values():
+        running.reverse()
+    return after
 
 
 def _append_usage_postings(cur: Cursor, postings: list[Posting], customer_rows: Mapping[str, list[int]]) -> int:

@@ -522,6 +522,27 @@ def test_settlement_workers_charge_every_account_once_as_one_process_would(datab
     assert (again.day, again.arrears) == (settled.day, settled.arrears)
 
 
+def test_one_batch_posting_two_local_days_of_an_account_records_the_balance_after_each(conn: Conn) -> None:
+    catalog = seed_catalog(conn)
+    register(conn, ["m1"])
+    _open(conn, catalog, "a1", "m1")
+    store_readings(conn, series("m1", DAY_START + STEP, 100, STEP, 1_000_000, 400))  # into the next local day
+    _runner(conn).sweep()
+    postings = conn.execute(
+        "SELECT batch_id, amount_fen, debit_balance_after_fen FROM ledger_postings "
+        "WHERE debit_account_id = %s AND kind = 'usage' ORDER BY seq",
+        (prepaid_account_id("a1"),),
+    ).fetchall()
+    balance_fen = count(
+        conn, f"SELECT balance_fen FROM ledger_accounts WHERE account_id = '{prepaid_account_id('a1')}'"
+    )
+    (first_batch, _, first_after), (second_batch, second_fen, second_after) = postings  # one posting a day
+    assert first_batch == second_batch  # written by one statement
+    assert second_after == balance_fen
+    assert first_after == balance_fen + second_fen
+    assert ledger_store.check_invariants(conn) == ()
+
+
 def test_upgrading_to_usage_tallies_tallies_the_charges_already_stored(database_url: str, conn: Conn) -> None:
     catalog = seed_catalog(conn)
     register(conn, ["m1", "m2"])
