@@ -392,7 +392,7 @@ def _charge_locked(
         row = work.row
         if is_quiet(
             catalog.policies[row["policy_code"]],
-            balances[prepaid_account_id(work.account_id)].balance_fen,
+            balances[prepaid_account_id(work.account_id)],
             in_episode=row["in_episode"],
             has_notices=bool(row["notices"]),
             has_pending=row["pending_command"] is not None,
@@ -414,7 +414,7 @@ def _charge_locked(
             catalog.calendar,
             usage=work.usage,
         )
-        step = account.decide_at(balances[prepaid_account_id(account_id)].balance_fen, lent[account_id], now)
+        step = account.decide_at(balances[prepaid_account_id(account_id)], lent[account_id], now)
         work.account = step.account
         notifications.extend(step.notifications)
         commands.extend(step.commands)
@@ -530,53 +530,36 @@ def _usage_events(
     return events, {row["account_id"]: row["next_ts"] for row in cur.fetchall()}
 
 
-@dataclass(slots=True)
-class _Balance:
-    account_id: str
-    debits_fen: int
-    credits_fen: int
-    balance_fen: int
-    version: int
-
-
-def _lock_prepaid_balances(cur: Cursor, account_ids: list[str]) -> dict[str, _Balance]:
-    """Lock the customers' prepaid balances (the ledger rows the batch changes); by ledger account id.
+def _lock_prepaid_balances(cur: Cursor, account_ids: list[str]) -> dict[str, int]:
+    """Lock the prepaid balances of customers decided without a charge (a charge's UPDATE locks its own: see
+    `_charge_prepaid_balances`); balance_fen by ledger account id.
 
     Their emergency-credit rows need no lock: every posting that moves one also moves the customer's prepaid
-    account (a loan credits it, a repayment debits it), so it waits on the row locked here.
+    account (a loan credits it, a repayment debits it), so it waits on the prepaid row, locked in this batch.
     """
     ids = sorted(prepaid_account_id(i) for i in account_ids)
     if not ids:
         return {}
     # one global lock order with headend.ledger_store: C collation of the account id
     cur.execute(
-        "SELECT account_id, debits_fen, credits_fen, balance_fen, version FROM ledger_accounts "
+        "SELECT account_id, balance_fen FROM ledger_accounts "
         'WHERE account_id = ANY(%b) ORDER BY account_id COLLATE "C" FOR UPDATE',
         (ids,),
     )
-    balances = {r["account_id"]: _Balance(**r) for r in cur.fetchall()}
-    missing = [a for a in ids if a not in balances]
-    if missing:
-        raise RuntimeError(f"ledger accounts not open: {', '.join(missing[:5])}")
-    return balances
+    return _fetched_balances(cur, ids)
 
 
 def _emergency_credit_balances(cur: Cursor, account_ids: list[str]) -> dict[str, int]:
     """The emergency credit outstanding of each account (its prepaid row locked: see `_lock_prepaid_balances`)."""
     if not account_ids:
         return {}
-    cur.execute(
-        "SELECT account_id, balance_fen FROM ledger_accounts WHERE account_id = ANY(%b)",
-        ([emergency_credit_account_id(i) for i in account_ids],),
-    )
-    lent = {r["account_id"]: int(r["balance_fen"]) for r in cur.fetchall()}
-    missing = [i for i in account_ids if emergency_credit_account_id(i) not in lent]
-    if missing:
-        raise RuntimeError(f"emergency credit ledger accounts not open: {', '.join(missing[:5])}")
+    ids = [emergency_credit_account_id(i) for i in account_ids]
+    cur.execute("SELECT account_id, balance_fen FROM ledger_accounts WHERE account_id = ANY(%b)", (ids,))
+    lent = _fetched_balances(cur, ids)
     return {i: lent[emergency_credit_account_id(i)] for i in account_ids}
 
 
-def _charge_prepaid_balances(cur: Cursor, postings: list[Posting]) -> dict[str, _Balance]:
+def _charge_prepaid_balances(cur: Cursor, postings: list[Posting]) -> dict[str, int]:
     """Lower each customer's prepaid balance by its usage postings in one UPDATE, which locks the rows; the balances
     after, by ledger account id.
 
@@ -600,18 +583,23 @@ def _charge_prepaid_balances(cur: Cursor, postings: list[Posting]) -> dict[str, 
             version = a.version + 1
         FROM unnest(%b::text[], %b::bigint[]) AS v(account_id, amount_fen)
         WHERE a.account_id = v.account_id
-        RETURNING a.account_id, a.debits_fen, a.credits_fen, a.balance_fen, a.version
+        RETURNING a.account_id, a.balance_fen
         """,
         (ids, [charged_fen[i] for i in ids]),
     )
-    balances = {r["account_id"]: _Balance(**r) for r in cur.fetchall()}
-    if len(balances) != len(ids):
-        missing = [a for a in ids if a not in balances]
+    return _fetched_balances(cur, ids)
+
+
+def _fetched_balances(cur: Cursor, ids: Sequence[str]) -> dict[str, int]:
+    """The (account_id, balance_fen) rows the last statement returned, by id; every one of `ids` must be there."""
+    balances = {str(r["account_id"]): int(r["balance_fen"]) for r in cur.fetchall()}
+    missing = [i for i in ids if i not in balances]
+    if missing:
         raise RuntimeError(f"ledger accounts not open: {', '.join(missing[:5])}")
     return balances
 
 
-def _balances_after_each(postings: list[Posting], balances: Mapping[str, _Balance]) -> dict[str, list[int]]:
+def _balances_after_each(postings: list[Posting], balances: Mapping[str, int]) -> dict[str, list[int]]:
     """The customer's prepaid balance after each of its postings (in order), from the balance after all of them."""
     after: dict[str, list[int]] = {}
     later_fen: dict[str, int] = {}  # the amount of the customer's posting after the one at hand
@@ -619,7 +607,7 @@ def _balances_after_each(postings: list[Posting], balances: Mapping[str, _Balanc
         account_id = p.debit_account_id
         running = after.get(account_id)
         if running is None:
-            after[account_id] = [balances[account_id].balance_fen]
+            after[account_id] = [balances[account_id]]
         else:
             running.append(running[-1] + later_fen[account_id])
         later_fen[account_id] = p.amount_fen
