@@ -20,6 +20,7 @@ RUN uv sync --frozen --no-dev --no-install-project
 
 # Then the project itself (its packages only; tests and tools stay out of the image).
 COPY headend ./headend
+COPY prepay_engine ./prepay_engine
 COPY protocols ./protocols
 COPY simulators ./simulators
 RUN uv sync --frozen --no-dev --no-editable

@@ -66,7 +66,6 @@ from bench._common import (
     throwaway_database,
     unique_token,
 )
-from headend import ledger_store
 from headend.db.engine import connect_utc, libpq_dsn
 from headend.db.partitions import ensure_partitions
 from headend.engine.accounts import OPERATOR_ACTOR, open_account
@@ -74,6 +73,7 @@ from headend.engine.catalog import Catalog, put_policy, put_tariff
 from headend.engine.charging import BatchStats
 from headend.engine.runner import EngineRunner, tune_gc_for_batches
 from headend.engine.settlement import Settlement, day_end_utc, settle_day, settle_workers, tally_problems
+from headend.money import ledger_store
 from headend.settings import Settings
 from prepay_engine.account import usage_postings
 from prepay_engine.ledger import (
@@ -1143,7 +1143,7 @@ def report(r: Results, batches: Sequence[int]) -> str:
 # the code on the measured path: a change of any of it during a benchmark makes its runs incomparable
 MEASURED: Final = (
     "headend/engine",
-    "headend/ledger_store.py",
+    "headend/money/ledger_store.py",
     "headend/db/engine.py",
     "headend/migrations",
     "prepay_engine",

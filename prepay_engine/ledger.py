@@ -38,7 +38,7 @@ Ownership: a `Ledger` is mutable and owned by one caller (one unit of work, one 
 applies completely or leaves the ledger unchanged; nothing that was posted is ever changed or removed.
 
 The rules themselves are pure functions (`account_problem`, `batch_problem`, `posting_problem`, `existing_outcome`,
-`check_batch`) that `Ledger` and `headend.ledger_store` both call, so the two stores can't drift apart.
+`check_batch`) that `Ledger` and `headend.money.ledger_store` both call, so the two stores can't drift apart.
 """
 
 from __future__ import annotations

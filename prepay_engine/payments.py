@@ -23,7 +23,7 @@ A reversal undoes a whole top-up (the carve-outs too, so repaid emergency credit
 again); it may drive the balance negative. Partial reversals are rejected: reverse, then top up the right amount.
 
 `plan_top_up` and `plan_reversal` turn a request into its postings without touching any store; `top_up` and
-`reverse_top_up` here, and `headend.payment_store` on PostgreSQL, post what they plan.
+`reverse_top_up` here, and `headend.money.payment_store` on PostgreSQL, post what they plan.
 """
 
 from __future__ import annotations

@@ -6,12 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 
-from headend import payment_store
 from headend.api.auth import RawBody, require_roles
 from headend.api.credentials import COUNTER_CHANNEL, Principal, Role
 from headend.api.db import Conn, State
 from headend.api.errors import ProblemError, problem_descriptions, problem_responses
-from headend.api.intake import receive
+from headend.api.payment_views import receive_payment
 from headend.api.reads import account_view, ledger_page
 from headend.api.schemas import (
     AccountOut,
@@ -22,6 +21,7 @@ from headend.api.schemas import (
     json_body,
     parse_body,
 )
+from headend.money import payment_store
 from prepay_engine.payments import TopUp
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
@@ -122,7 +122,7 @@ def counter_payment(
         stored = payment_store.payment(conn, COUNTER_CHANNEL, parsed.channel_txn_id)
         paid_at = now if stored is None else stored.paid_at
     request = TopUp(COUNTER_CHANNEL, parsed.channel_txn_id, account_id, parsed.amount_fen, paid_at)
-    received = receive(conn, state.catalog(), request, now=now, received_by=principal.name)
-    if not received.created:
+    created, payment = receive_payment(conn, state.catalog(), request, now=now, received_by=principal.name)
+    if not created:
         response.status_code = status.HTTP_200_OK
-    return received.payment
+    return payment

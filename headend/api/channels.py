@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 from headend.api.auth import RawBody, SignedChannel
 from headend.api.db import Conn, State
 from headend.api.errors import problem_descriptions
-from headend.api.intake import receive
+from headend.api.payment_views import receive_payment
 from headend.api.schemas import ChannelPaymentIn, PaymentOut, json_body, parse_body
 from prepay_engine.payments import TopUp
 
@@ -49,7 +49,9 @@ def channel_payment(channel: SignedChannel, body: RawBody, conn: Conn, state: St
     parsed = parse_body(ChannelPaymentIn, body)
     paid_at = parsed.paid_at.astimezone(UTC)
     request = TopUp(channel, parsed.channel_txn_id, parsed.account_id, parsed.amount_fen, paid_at)
-    received = receive(conn, state.catalog(), request, now=state.clock(), received_by=f"channel:{channel}")
-    if not received.created:
+    created, payment = receive_payment(
+        conn, state.catalog(), request, now=state.clock(), received_by=f"channel:{channel}"
+    )
+    if not created:
         response.status_code = status.HTTP_200_OK
-    return received.payment
+    return payment

@@ -6,13 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
-from headend import payment_store
 from headend.api.auth import require_roles
 from headend.api.credentials import Principal, Role
 from headend.api.db import Conn
 from headend.api.errors import ProblemError, problem_descriptions, problem_responses
-from headend.api.intake import payment_detail
+from headend.api.payment_views import payment_detail
 from headend.api.schemas import PaymentDetail
+from headend.money import payment_store
 
 router = APIRouter(prefix="/v1/payments", tags=["payments"])
 

@@ -15,7 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from headend.mqtt_client import connect, make_client
+from headend.mqtt.client import connect, make_client
 from headend.settings import Settings
 from protocols.mqtt_topics import EVENTS_FILTER, concentrator_commands_topic, meter_commands_topic
 from protocols.relay_codec import RelayCommandMessage, encode_command

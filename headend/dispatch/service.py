@@ -8,12 +8,12 @@ from datetime import timedelta
 
 import psycopg
 
+from headend.db.connection import connect_database
 from headend.db.engine import libpq_dsn
 from headend.dispatch.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from headend.dispatch.lifecycle import RetryPolicy
 from headend.dispatch.mqtt_transport import MqttTransport
 from headend.dispatch.wake import wake_on_command_requests
-from headend.services import connect_database
 from headend.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from headend import ledger_store, payment_store
 from headend.engine.account_rows import (
     ACCOUNT_COLUMNS,
     METER_COLUMNS,
@@ -27,6 +26,7 @@ from headend.engine.account_rows import (
 )
 from headend.engine.catalog import Catalog
 from headend.engine.outbox import write_requests
+from headend.money import ledger_store, payment_store
 from prepay_engine.account import Decided, PrepaidAccount, RelayAction, RelayCommand, RelayOutcome
 from prepay_engine.ledger import (
     CUSTOMER_ID_PATTERN,

@@ -46,7 +46,7 @@ from headend.engine.account_rows import (
 )
 from headend.engine.catalog import Catalog
 from headend.engine.outbox import write_requests
-from headend.ledger_store import NEXT_POSTING_SEQS_SQL, POSTING_ROW_COLUMNS, posting_row
+from headend.money.ledger_store import NEXT_POSTING_SEQS_SQL, POSTING_ROW_COLUMNS, posting_row
 from prepay_engine.account import (
     CommandRequest,
     NotificationRequest,
@@ -540,7 +540,7 @@ def _lock_prepaid_balances(cur: Cursor, account_ids: list[str]) -> dict[str, int
     ids = sorted(prepaid_account_id(i) for i in account_ids)
     if not ids:
         return {}
-    # one global lock order with headend.ledger_store: C collation of the account id
+    # one global lock order with headend.money.ledger_store: C collation of the account id
     cur.execute(
         "SELECT account_id, balance_fen FROM ledger_accounts "
         'WHERE account_id = ANY(%b) ORDER BY account_id COLLATE "C" FOR UPDATE',
@@ -564,9 +564,9 @@ def _charge_prepaid_balances(cur: Cursor, postings: list[Posting]) -> dict[str, 
     after, by ledger account id.
 
     No lock of the rows before: the UPDATE takes them (in the order of the sorted ids, a nested loop over the
-    array, as `headend.ledger_store` does) and the amounts don't depend on the balances. Within the engine only this
-    transaction writes these customers' rows (it holds their `prepaid_accounts` rows); the shared revenue account
-    comes last (`_append_usage_postings`).
+    array, as `headend.money.ledger_store` does) and the amounts don't depend on the balances. Within the engine
+    only this transaction writes these customers' rows (it holds their `prepaid_accounts` rows); the shared revenue
+    account comes last (`_append_usage_postings`).
     """
     charged_fen: dict[str, int] = defaultdict(int)
     for p in postings:

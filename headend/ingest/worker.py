@@ -19,7 +19,7 @@ from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, libpq_dsn
 from headend.db.partitions import days_around
 from headend.ingest.messages import Decoded, InboundMessage, decode_message
 from headend.ingest.writer import ReadingWriter, WriteResult
-from headend.mqtt_client import connect, make_client
+from headend.mqtt.client import connect, make_client
 from headend.settings import Settings
 from protocols.mqtt_topics import READINGS_FILTERS
 

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, time, timedelta
-from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions
+from headend.reports.grouping import GroupBy
 
 INTERVALS_PER_DAY = 96
-
-
-class GroupBy(StrEnum):
-    """How the report is broken down."""
-
-    CONCENTRATOR = "concentrator"
-    REGION = "region"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from headend import ledger_store
-from headend.demo import DEMO_DATABASE
-from headend.embedded import embedded_postgres
-from headend.services import connect_database
+from headend.db.connection import connect_database
+from headend.db.embedded import embedded_postgres
+from headend.demo.run import DEMO_DATABASE
+from headend.money import ledger_store
 from tests.e2e.test_collection_end_to_end import headend
 
 pytestmark = pytest.mark.e2e

@@ -16,8 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import make_url
 
 from headend.db.migrate import migrate
-from headend.mqtt_client import connect, make_client
-from headend.registry import MeterRow, import_meters
+from headend.mqtt.client import connect, make_client
+from headend.registry.meter_import import MeterRow, import_meters
 from headend.settings import Settings
 
 ADMIN_URL = os.environ.get("HEADEND_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from headend.api import store
 from headend.api.credentials import Principal, Role
-from headend.cli import app
+from headend.cli.app import app
 from tests.integration.conftest import ADMIN_URL, wait_for
 
 

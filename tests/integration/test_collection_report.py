@@ -13,19 +13,19 @@ import psycopg
 import pytest
 from typer.testing import CliRunner, Result
 
-from headend.cli import app
+from headend.cli.app import app
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions
 from headend.ingest.messages import Decoded, SourcedReading
 from headend.ingest.writer import ReadingWriter
-from headend.registry import MeterRow, import_meters
+from headend.registry.meter_import import MeterRow, import_meters
 from headend.reports.collection import (
     CollectionCounts,
     CollectionReport,
-    GroupBy,
     GroupCounts,
     UnreadMeter,
     collection_report,
 )
+from headend.reports.grouping import GroupBy
 from protocols.readings import MeterReading
 from tests.integration.conftest import count, register
 

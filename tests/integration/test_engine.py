@@ -12,13 +12,13 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from headend import ledger_store
 from headend.db.migrate import downgrade, migrate
 from headend.engine import charging
 from headend.engine.accounts import AccountError, open_account, pay, replace_meter
 from headend.engine.catalog import Catalog, CatalogError, put_calendar_year, put_policy, put_tariff
 from headend.engine.runner import EngineRunner
 from headend.engine.settlement import SettlementError, settle_day, tally_problems
+from headend.money import ledger_store
 from prepay_engine import account as pure_account
 from prepay_engine.account import RelayAction
 from prepay_engine.calendar import DeclaredYear

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 from typer.testing import CliRunner, Result
 
-from headend.cli import app
+from headend.cli.app import app
 from prepay_engine.ledger import prepaid_account_id
 from tests.integration.conftest import count, register
 from tests.integration.engine_support import DAY_START, TARIFF, series, store_readings

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from psycopg import IsolationLevel, errors
 
-from headend import ledger_store as store
 from headend.db.migrate import migrate
+from headend.money import ledger_store as store
 from prepay_engine import ledger as pure
 from prepay_engine.ledger import (
     Account,

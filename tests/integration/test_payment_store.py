@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from psycopg import errors
 
-from headend import ledger_store, payment_store
+from headend.money import ledger_store, payment_store
 from prepay_engine import payments as pure
 from prepay_engine.ledger import (
     DEFAULT_MAX_POSTING_FEN,

@@ -21,7 +21,7 @@ from headend.db.migrate import migrate
 from headend.ingest.messages import Decoded, SourcedReading
 from headend.ingest.validation import grid_flags, register_flags
 from headend.ingest.writer import LATE_LOOKBACK, ReadingWriter
-from headend.registry import MeterRow, import_meters
+from headend.registry.meter_import import MeterRow, import_meters
 from protocols.readings import MeterReading
 from tests.integration.conftest import ADMIN_URL
 

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 from typer.testing import CliRunner, Result
 
-from headend.cli import app
-from headend.registry import ImportResult, import_meters, read_registry_file
+from headend.cli.app import app
+from headend.registry.meter_import import ImportResult, import_meters, read_registry_file
 from tests.integration.conftest import count
 
 pytestmark = pytest.mark.integration

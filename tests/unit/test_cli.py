@@ -9,7 +9,7 @@ from typer.core import TyperGroup
 from typer.main import get_command
 from typer.testing import CliRunner, Result
 
-from headend.cli import app
+from headend.cli.app import app
 
 # a database nobody listens on: if a test ever got past argument parsing, it fails fast instead of
 # starting the embedded server
@@ -86,7 +86,7 @@ def test_root_help_lists_every_top_level_command() -> None:
 
 def test_meters_help_lists_import() -> None:
     out = _flat(_run("meters", "--help").stdout)
-    assert "Commands import Register meters" in out
+    assert "Commands: import Register meters" in out
 
 
 def test_no_arguments_prints_help_instead_of_doing_anything() -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headend.registry import (
+from headend.registry.meter_import import (
     MeterRow,
     RegistryFileError,
     RowError,

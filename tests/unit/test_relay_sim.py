@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from headend.simulate_command import simulate
+from headend.cli.simulate import simulate
 from protocols.readings import RelayState
 from protocols.relay_codec import CommandResult, EventCause, RelayAction, RelayCommandMessage
 from simulators.clock import INTERVAL

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from headend.simulate_command import simulate
+from headend.cli.simulate import simulate
 from protocols.mqtt_codec import decode_concentrator_batch, decode_meter_reading
 from protocols.mqtt_topics import TopicKind, parse_topic
 from protocols.readings import MeterReading, RelayState

@@ -9,8 +9,8 @@ from typing import Any
 
 import psycopg
 
+from headend.db.embedded import embedded_postgres
 from headend.db.engine import connect_utc
-from headend.embedded import embedded_postgres
 from headend.settings import Settings
 
 

@@ -20,7 +20,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.rows import tuple_row
 
-from headend import ledger_store
+from headend.money import ledger_store
 from prepay_engine.ledger import (
     CUSTOMER_ID_PATTERN,
     AlreadyPosted,

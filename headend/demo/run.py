@@ -17,14 +17,14 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
+from headend.db.connection import connect_database, database_url
 from headend.db.engine import libpq_dsn
 from headend.db.migrate import migrate
-from headend.demo_loop import DemoMeter, PrepaidLoop
-from headend.embedded import EmbeddedBroker, free_port
+from headend.demo.prepaid_loop import DemoMeter, PrepaidLoop
 from headend.ingest.worker import IngestWorker
-from headend.registry import import_meters, read_registry_file
+from headend.mqtt.embedded_broker import EmbeddedBroker, free_port
+from headend.registry.meter_import import import_meters, read_registry_file
 from headend.reports.collection import CollectionReport, collection_report
-from headend.services import connect_database, database_url
 from headend.settings import MqttProtocol, Settings
 from simulators.clock import INTERVALS_PER_DAY, SimClock
 from simulators.command_responder import CommandResponder

@@ -8,37 +8,23 @@ from typing import Annotated
 
 import typer
 
-from headend.api import store
 from headend.api.credentials import Role, new_channel_secret, new_token, secret_problem
-from headend.services import connect_database, database_url
-from headend.settings import Settings
+from headend.cli.common import command_group, database, fail, load_settings
 
-token_app = typer.Typer(help="Bearer tokens of the HTTP API (one per principal and role).", no_args_is_help=True)
-channel_app = typer.Typer(help="Payment channels that sign their callbacks (HMAC secrets).", no_args_is_help=True)
+token_app = command_group("Bearer tokens of the HTTP API (one per principal and role).")
+channel_app = command_group("Payment channels that sign their callbacks (HMAC secrets).")
 
 CREATED_BY = "cli"
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="HEADEND_* environment") from None
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(1)
 
 
 def _read_secret(file: Path) -> str:
     try:
         secret = file.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise _fail(f"{file}: {exc}") from None
+        raise fail(f"{file}: {exc}") from None
     problem = secret_problem(secret)
     if problem is not None:
-        raise _fail(f"{file}: {problem}")
+        raise fail(f"{file}: {problem}")
     return secret
 
 
@@ -52,8 +38,9 @@ def serve_command(
     import uvicorn  # only this command needs the server
 
     from headend.api.app import create_app
+    from headend.db.connection import database_url
 
-    settings = _settings()
+    settings = load_settings()
     with database_url(settings) as url:
         app = create_app(settings.model_copy(update={"database_url": url}))
         # logging stays as `headend --log-level` configured it
@@ -66,13 +53,15 @@ def token_create(
     role: Annotated[Role, typer.Option(help="What the token may do.")],
 ) -> None:
     """Issue a token for a new principal; it is printed once, only its SHA-256 is stored."""
+    from headend.api import store
+
     token = new_token()
-    settings = _settings()
-    with database_url(settings) as url, connect_database(url) as conn:
+    settings = load_settings()
+    with database(settings) as conn:
         try:
             store.create_principal(conn, name, role, token, created_by=CREATED_BY)
         except store.StoreError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     typer.echo(f"token of {name} ({role}) — shown once, store it now:", err=True)
     typer.echo(token)
 
@@ -80,12 +69,14 @@ def token_create(
 @token_app.command("revoke")
 def token_revoke(name: Annotated[str, typer.Option(help="Principal name.")]) -> None:
     """Revoke a principal's token at once; its name is not reused."""
-    settings = _settings()
-    with database_url(settings) as url, connect_database(url) as conn:
+    from headend.api import store
+
+    settings = load_settings()
+    with database(settings) as conn:
         try:
             revoked_at, now = store.revoke_principal(conn, name)
         except store.StoreError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     state = "revoked" if now else "already revoked"
     typer.echo(f"principal {name} {state} at {revoked_at.isoformat()}")
 
@@ -99,13 +90,15 @@ def channel_add(
     ] = None,
 ) -> None:
     """Register a channel with an HMAC secret (generated and printed once, or read from --secret-file)."""
+    from headend.api import store
+
     secret = new_channel_secret() if secret_file is None else _read_secret(secret_file)
-    settings = _settings()
-    with database_url(settings) as url, connect_database(url) as conn:
+    settings = load_settings()
+    with database(settings) as conn:
         try:
             store.add_channel(conn, channel, secret)
         except store.StoreError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     if secret_file is None:
         typer.echo(f"channel {channel} added; its secret — shown once, give it to the channel:", err=True)
         typer.echo(secret)
@@ -124,13 +117,15 @@ def channel_rotate(
     ] = None,
 ) -> None:
     """Put a new secret in force; the current one is still accepted for --grace-hours (0: refused at once)."""
+    from headend.api import store
+
     secret = new_channel_secret() if secret_file is None else _read_secret(secret_file)
-    settings = _settings()
-    with database_url(settings) as url, connect_database(url) as conn:
+    settings = load_settings()
+    with database(settings) as conn:
         try:
             rotated = store.rotate_channel(conn, channel, secret, timedelta(hours=grace_hours))
         except store.StoreError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     until = rotated.previous_valid_until
     previous = "refused from now on" if until is None else f"accepted until {until.isoformat()}"
     if secret_file is None:
@@ -153,11 +148,13 @@ def channel_enable(channel: Annotated[str, typer.Option(help="Channel name.")]) 
 
 
 def _set_disabled(channel: str, *, disabled: bool) -> None:
-    settings = _settings()
-    with database_url(settings) as url, connect_database(url) as conn:
+    from headend.api import store
+
+    settings = load_settings()
+    with database(settings) as conn:
         try:
             changed = store.set_channel_disabled(conn, channel, disabled=disabled)
         except store.StoreError as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
     state = "disabled" if disabled else "enabled"
     typer.echo(f"channel {channel} {state}" if changed else f"channel {channel} was already {state}")

@@ -1,6 +1,6 @@
 """The prepaid loop of `headend demo`: accounts on simulated meters, the engine, the dispatcher, and the story told.
 
-The simulated fleet itself is `headend/demo.py`'s (the one module of `headend` that may import `simulators`): it
+The simulated fleet itself is `headend/demo/run.py`'s (the one module of `headend` that may import `simulators`): it
 describes its meters as `DemoMeter`s and hands over the simulated meters that obey relay commands.
 
 Two clocks, on purpose. The fleet reports a past day faster than real time, so the engine runs on simulated
@@ -25,12 +25,12 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from headend import ledger_store
+from headend.db.connection import connect_database
 from headend.dispatch.service import run_dispatcher
 from headend.engine.accounts import open_account, pay
 from headend.engine.catalog import Catalog, CatalogError, put_policy, put_tariff
 from headend.engine.runner import EngineRunner
-from headend.services import connect_database
+from headend.money import ledger_store
 from headend.settings import Settings
 from prepay_engine.ledger import CUSTOMER_ID_PATTERN, prepaid_account_id
 from prepay_engine.payments import ToppedUp, TopUp

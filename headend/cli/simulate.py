@@ -6,20 +6,17 @@ import math
 from contextlib import nullcontext
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 import typer
 
-from headend.settings import Settings
-from headend.signals import stop_on_signals
+from headend.cli.common import load_settings
 from simulators.clock import INTERVAL, INTERVALS_PER_DAY, SimClock, floor_to_grid, is_on_grid, parse_speed
-from simulators.command_responder import CommandResponder
-from simulators.faults import FaultConfig
-from simulators.fleet import Fleet, build_fleet, write_registry_csv
-from simulators.fleet_sim import FleetSimulation, SimulationCounts
-from simulators.publisher import BrokerConfig, BrokerError, run_simulation
-from simulators.relay_sim import RelayFault, plan_relay_faults
+
+if TYPE_CHECKING:
+    from simulators.fleet import Fleet
+    from simulators.fleet_sim import SimulationCounts
 
 DEFAULT_INTERVALS = INTERVALS_PER_DAY
 
@@ -132,6 +129,14 @@ def simulate(
     port: Annotated[int | None, typer.Option(help="MQTT broker port [default: HEADEND_MQTT_PORT]")] = None,
 ) -> None:
     """Simulate a meter fleet publishing readings over MQTT, with faults on demand."""
+    from headend.runtime.signals import stop_on_signals
+    from simulators.command_responder import CommandResponder
+    from simulators.faults import FaultConfig
+    from simulators.fleet import build_fleet, write_registry_csv
+    from simulators.fleet_sim import FleetSimulation
+    from simulators.publisher import BrokerConfig, BrokerError, run_simulation
+    from simulators.relay_sim import RelayFault, plan_relay_faults
+
     if meters < 1:
         raise typer.BadParameter(f"{meters} is not a positive number of meters", param_hint="--meters")
     if concentrators < 0:
@@ -192,7 +197,7 @@ def simulate(
         if registry_only:
             return
 
-    settings = Settings()
+    settings = load_settings()
     zone = settings.zone
     clock = SimClock(_start(start, count, zone), speed_factor)
     broker = BrokerConfig(

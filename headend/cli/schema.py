@@ -1,0 +1,18 @@
+"""`headend migrate`: create or upgrade the database schema."""
+
+from __future__ import annotations
+
+import typer
+
+from headend.cli.common import load_settings
+
+
+def migrate() -> None:
+    """Create or upgrade the database schema (TimescaleDB when available, partitions otherwise)."""
+    from headend.db.connection import database_url
+    from headend.db.migrate import migrate as run_migrations
+
+    settings = load_settings()
+    with database_url(settings) as url:
+        run_migrations(url, require_timescaledb=settings.require_timescaledb, collection_timezone=settings.timezone)
+    typer.echo("schema is up to date")

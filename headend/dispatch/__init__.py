@@ -1,0 +1,1 @@
+"""Relay commands: the outbox's lifecycle, one executor per transport, confirmation by read-back."""

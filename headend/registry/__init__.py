@@ -1,0 +1,1 @@
+"""The meter registry: meters and concentrators, imported from CSV and looked up."""

@@ -1,0 +1,1 @@
+"""What every long-running process shares: stopping on signals, logging, periodic status lines."""
