@@ -46,7 +46,6 @@ CommandPath = Annotated[
 AlarmPath = Annotated[int, Path(ge=1, le=MAX_BIGINT, description="The alarm's id.", examples=[17])]
 MeterPath = Annotated[str, Path(max_length=32, description="Meter id.", examples=["000000000001"])]
 
-_ALARM_COLUMNS: Final = "alarm_id, meter_id, command_id, kind, detail, relay, raised_at, resolved_at, resolved_by"
 _TIME_FIELDS: Final = frozenset(
     {"next_attempt_at", "issued_at", "expires_at", "sent_at", "acknowledged_at", "finished_at"}
 )
@@ -67,14 +66,14 @@ def _unknown_command(command_id: str) -> ProblemError:
     return ProblemError(404, f"no command {command_id!r}", code="unknown_command")
 
 
-def _alarm_out(row: dict[str, Any]) -> AlarmOut:
-    return AlarmOut(**{**row, "raised_at": _utc(row["raised_at"]), "resolved_at": _utc(row["resolved_at"])})
+def _alarm_out(alarm: store.Alarm) -> AlarmOut:
+    values: dict[str, Any] = {c: getattr(alarm, c) for c in store.ALARM_COLUMNS}
+    return AlarmOut(**{**values, "raised_at": _utc(alarm.raised_at), "resolved_at": _utc(alarm.resolved_at)})
 
 
 def _alarm(conn: Connection, alarm_id: int) -> AlarmOut | None:
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(f"SELECT {_ALARM_COLUMNS} FROM relay_alarms WHERE alarm_id = %s", (alarm_id,)).fetchone()
-    return None if row is None else _alarm_out(row)
+    alarm = store.get_alarm(conn, alarm_id)
+    return None if alarm is None else _alarm_out(alarm)
 
 
 def _optional_body(model: type[BaseModel]) -> dict[str, Any]:
@@ -120,32 +119,17 @@ def list_commands(
     ] = None,
 ) -> CommandPage:
     """A page of commands, newest first."""
-    # constant fragments only; the values are parameters
-    where: list[str] = []
-    params: dict[str, Any] = {"n": limit + 1}
-    for column, value in (("state", state), ("account_id", account_id), ("meter_id", meter_id), ("action", action)):
-        if value is not None:
-            where.append(f"{column} = %({column})s")
-            params[column] = str(value)
-    with conn.cursor(row_factory=dict_row) as cur:
-        if before is not None:
-            row = cur.execute("SELECT issued_at FROM commands WHERE command_id = %s", (before,)).fetchone()
-            if row is None:
-                raise ProblemError(
-                    422,
-                    f"query.before: no command {before!r}",
-                    errors=[FieldError(loc=["query", "before"], msg=f"no command {before!r}", type="unknown_command")],
-                )
-            where.append("(issued_at, command_id) < (%(before_at)s, %(before)s)")
-            params |= {"before_at": row["issued_at"], "before": before}
-        condition = f"WHERE {' AND '.join(where)}" if where else ""
-        rows = cur.execute(
-            f"SELECT {', '.join(store.COMMAND_COLUMNS)} FROM commands {condition} "
-            "ORDER BY issued_at DESC, command_id DESC LIMIT %(n)s",
-            params,
-        ).fetchall()
-    commands = [_command_out(store.command_from_row(r)) for r in rows[:limit]]
-    return CommandPage(commands=commands, next_before=commands[-1].command_id if len(rows) > limit else None)
+    try:
+        page = store.list_commands(
+            conn, state=state, account_id=account_id, meter_id=meter_id, action=action, limit=limit, before=before
+        )
+    except store.CommandError:
+        raise ProblemError(
+            422,
+            f"query.before: no command {before!r}",
+            errors=[FieldError(loc=["query", "before"], msg=f"no command {before!r}", type="unknown_command")],
+        ) from None
+    return CommandPage(commands=[_command_out(c) for c in page.commands], next_before=page.next_before)
 
 
 @router.get(
@@ -258,21 +242,8 @@ def list_alarms(
     ] = None,
 ) -> AlarmPage:
     """A page of alarms, newest first."""
-    where = ["resolved_at IS NULL" if unresolved else "resolved_at IS NOT NULL"]
-    params: dict[str, Any] = {"n": limit + 1}
-    if meter_id is not None:
-        where.append("meter_id = %(meter)s")
-        params["meter"] = meter_id
-    if before_id is not None:
-        where.append("alarm_id < %(before)s")
-        params["before"] = before_id
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
-            f"SELECT {_ALARM_COLUMNS} FROM relay_alarms WHERE {' AND '.join(where)} ORDER BY alarm_id DESC LIMIT %(n)s",
-            params,
-        ).fetchall()
-    alarms = [_alarm_out(r) for r in rows[:limit]]
-    return AlarmPage(alarms=alarms, next_before_id=alarms[-1].alarm_id if len(rows) > limit else None)
+    page = store.list_alarms(conn, unresolved=unresolved, meter_id=meter_id, limit=limit, before_id=before_id)
+    return AlarmPage(alarms=[_alarm_out(a) for a in page.alarms], next_before_id=page.next_before_id)
 
 
 @alarms_router.post(
@@ -326,15 +297,17 @@ def resolve_alarm(alarm_id: AlarmPath, principal: Actor, body: RawBody, conn: Co
 )
 def read_relay(meter_id: MeterPath, conn: Conn, principal: Reader) -> RelayOut:
     """The meter's last reported relay position."""
-    with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(
-            "SELECT meter_id, relay, ready_for_reconnection, reported_at, received_at, source FROM meter_relays "
-            "WHERE meter_id = %s",
-            (meter_id,),
-        ).fetchone()
-    if row is None:
+    position = store.relay_position(conn, meter_id)
+    if position is None:
         raise ProblemError(404, f"no relay position reported for meter {meter_id!r}", code="unknown_relay")
-    return RelayOut(**{**row, "reported_at": _utc(row["reported_at"]), "received_at": _utc(row["received_at"])})
+    return RelayOut(
+        meter_id=position.meter_id,
+        relay=position.relay,
+        ready_for_reconnection=position.ready_for_reconnection,
+        reported_at=position.reported_at.astimezone(UTC),
+        received_at=position.received_at.astimezone(UTC),
+        source=position.source,
+    )
 
 
 @meters_router.post(

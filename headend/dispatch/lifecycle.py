@@ -12,48 +12,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from types import MappingProxyType
 from typing import Final
 
+# the names live where the command line can import them cheaply; re-exported for the state machine's users
+from headend.dispatch.states import OPEN_STATES as OPEN_STATES
+from headend.dispatch.states import TERMINAL as TERMINAL
+from headend.dispatch.states import AlarmKind as AlarmKind
+from headend.dispatch.states import CommandState as CommandState
+from headend.dispatch.states import ReconnectMode as ReconnectMode
 from prepay_engine.account import RelayOutcome
 from protocols.readings import RelayState
 from protocols.relay_codec import CommandResult, MeterEvent, RelayAction
 
-
-class CommandState(StrEnum):
-    """Where a relay command is in its life."""
-
-    CREATED = "created"  # accepted from the outbox, not sent yet
-    HELD = "held"  # waits for an operator's approval (storm limit, open alarm on the meter)
-    SENT = "sent"  # published at least once, no answer yet
-    ACKNOWLEDGED = "acknowledged"  # the meter answered "executed"; the relay position is not confirmed yet
-    CONFIRMED = "confirmed"  # the relay was read back in the intended position
-    FAILED = "failed"  # the meter refused or could not; or reported the wrong position
-    EXPIRED = "expired"  # no answer before the deadline: nothing is known to have happened
-    SUPERSEDED = "superseded"  # a later command for the meter replaced it
-    CANCELLED = "cancelled"  # an operator, or the send-time re-check, withdrew it
-
-
-class ReconnectMode(StrEnum):
-    """How a meter model reconnects."""
-
-    DIRECT = "direct"  # the relay closes on command
-    ALLOWED = "allowed"  # 合闸允许: the meter arms, the customer presses the button on site
-
-
-class AlarmKind(StrEnum):
-    """What an alarm about a meter's relay says."""
-
-    RELAY_MISMATCH = "relay_mismatch"  # executed, but the relay is not where the command put it
-    COMMAND_FAILED = "command_failed"  # the meter tried and failed
-    UNEXPECTED_RELAY_CHANGE = "unexpected_relay_change"  # the relay moved without a command or a button press
-
-
-TERMINAL: Final = frozenset(
-    {CommandState.CONFIRMED, CommandState.FAILED, CommandState.EXPIRED, CommandState.SUPERSEDED, CommandState.CANCELLED}
-)
-OPEN_STATES: Final = frozenset({CommandState.CREATED, CommandState.HELD, CommandState.SENT, CommandState.ACKNOWLEDGED})
 _NEXT: Final[Mapping[CommandState, frozenset[CommandState]]] = MappingProxyType(
     {
         # an answer to a send whose record was lost (a crash after publishing) still counts

@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from headend.dispatch.lifecycle import AlarmKind, CommandState, ReconnectMode, can_move
+from headend.dispatch.lifecycle import OPEN_STATES, AlarmKind, CommandState, ReconnectMode, can_move
 from prepay_engine.account import RelayAction as AccountAction
 from prepay_engine.account import RelayCommand
 from protocols.readings import RelayState
@@ -96,6 +96,60 @@ def command_from_row(row: dict[str, Any]) -> Command:
 
 
 _SELECT = f"SELECT {', '.join(COMMAND_COLUMNS)} FROM commands"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandPage:
+    """Commands newest first; `next_before` is the last one's id when older ones exist."""
+
+    commands: list[Command]
+    next_before: str | None
+
+
+def list_commands(
+    conn: Connection,
+    *,
+    state: CommandState | None = None,
+    account_id: str | None = None,
+    meter_id: str | None = None,
+    action: RelayAction | None = None,
+    limit: int = 50,
+    before: str | None = None,
+) -> CommandPage:
+    """A page of commands, newest first (by issued_at, then id), older than the command `before`.
+
+    Raises CommandError when `before` is not a command.
+    """
+    # constant fragments only; the values are parameters
+    where: list[str] = []
+    params: dict[str, Any] = {"n": limit + 1}
+    for column, value in (("state", state), ("account_id", account_id), ("meter_id", meter_id), ("action", action)):
+        if value is not None:
+            where.append(f"{column} = %({column})s")
+            params[column] = str(value)
+    with conn.cursor(row_factory=dict_row) as cur:
+        if before is not None:
+            row = cur.execute("SELECT issued_at FROM commands WHERE command_id = %s", (before,)).fetchone()
+            if row is None:
+                raise CommandError(f"no command {before!r}")
+            where.append("(issued_at, command_id) < (%(before_at)s, %(before)s)")
+            params |= {"before_at": row["issued_at"], "before": before}
+        condition = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = cur.execute(
+            f"{_SELECT} {condition} ORDER BY issued_at DESC, command_id DESC LIMIT %(n)s", params
+        ).fetchall()
+    commands = [command_from_row(r) for r in rows[:limit]]
+    return CommandPage(commands, commands[-1].command_id if len(rows) > limit else None)
+
+
+def open_commands(conn: Connection, meter_id: str, limit: int = 50) -> list[Command]:
+    """The meter's commands not in a final state, newest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"{_SELECT} WHERE meter_id = %s AND state = ANY(%s) ORDER BY issued_at DESC, command_id DESC LIMIT %s",
+            (meter_id, sorted(str(s) for s in OPEN_STATES), limit),
+        ).fetchall()
+    return [command_from_row(r) for r in rows]
 
 
 def lock_command(cur: Cursor, command_id: str, *, skip_locked: bool = False) -> Command | None:
@@ -264,6 +318,80 @@ def open_alarm_id(cur: Cursor, meter_id: str) -> int | None:
     return None if row is None else int(row["alarm_id"])
 
 
+ALARM_COLUMNS: Final = (
+    "alarm_id",
+    "meter_id",
+    "command_id",
+    "kind",
+    "detail",
+    "relay",
+    "raised_at",
+    "resolved_at",
+    "resolved_by",
+)
+_SELECT_ALARMS: Final = f"SELECT {', '.join(ALARM_COLUMNS)} FROM relay_alarms"
+
+
+@dataclass(frozen=True, slots=True)
+class Alarm:
+    """A relay alarm row: a meter whose relay was not where it should be."""
+
+    alarm_id: int
+    meter_id: str
+    command_id: str | None
+    kind: AlarmKind
+    detail: str
+    relay: RelayState
+    raised_at: datetime
+    resolved_at: datetime | None
+    resolved_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmPage:
+    """Alarms newest first; `next_before_id` is the last one's id when older ones exist."""
+
+    alarms: list[Alarm]
+    next_before_id: int | None
+
+
+def _alarm_from_row(row: dict[str, Any]) -> Alarm:
+    return Alarm(**{**row, "kind": AlarmKind(row["kind"]), "relay": RelayState(row["relay"])})
+
+
+def get_alarm(conn: Connection, alarm_id: int) -> Alarm | None:
+    """The alarm as committed."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(f"{_SELECT_ALARMS} WHERE alarm_id = %s", (alarm_id,)).fetchone()
+    return None if row is None else _alarm_from_row(row)
+
+
+def list_alarms(
+    conn: Connection,
+    *,
+    unresolved: bool | None = True,
+    meter_id: str | None = None,
+    limit: int = 50,
+    before_id: int | None = None,
+) -> AlarmPage:
+    """A page of alarms newest first: unresolved ones (True), resolved ones (False) or all (None)."""
+    where: list[str] = []
+    if unresolved is not None:
+        where.append("resolved_at IS NULL" if unresolved else "resolved_at IS NOT NULL")
+    params: dict[str, Any] = {"n": limit + 1}
+    if meter_id is not None:
+        where.append("meter_id = %(meter)s")
+        params["meter"] = meter_id
+    if before_id is not None:
+        where.append("alarm_id < %(before)s")
+        params["before"] = before_id
+    condition = f"WHERE {' AND '.join(where)}" if where else ""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(f"{_SELECT_ALARMS} {condition} ORDER BY alarm_id DESC LIMIT %(n)s", params).fetchall()
+    alarms = [_alarm_from_row(r) for r in rows[:limit]]
+    return AlarmPage(alarms, alarms[-1].alarm_id if len(rows) > limit else None)
+
+
 def raise_alarm(
     cur: Cursor, meter_id: str, command_id: str | None, kind: AlarmKind, relay: RelayState, detail: str, now: datetime
 ) -> int:
@@ -302,6 +430,29 @@ def note_relay(
         """,
         (meter_id, str(relay), armed, reported_at, now, source),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RelayPosition:
+    """The relay position a meter last reported, by its clock."""
+
+    meter_id: str
+    relay: RelayState
+    ready_for_reconnection: bool
+    reported_at: datetime
+    received_at: datetime
+    source: str
+
+
+def relay_position(conn: Connection, meter_id: str) -> RelayPosition | None:
+    """The meter's last reported relay position (None if it never reported one)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            "SELECT meter_id, relay, ready_for_reconnection, reported_at, received_at, source FROM meter_relays "
+            "WHERE meter_id = %s",
+            (meter_id,),
+        ).fetchone()
+    return None if row is None else RelayPosition(**{**row, "relay": RelayState(row["relay"])})
 
 
 def history(conn: Connection, command_id: str) -> list[dict[str, Any]]:
