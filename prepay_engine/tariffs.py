@@ -17,7 +17,9 @@ Pricing rules (`price_interval`):
 - Cycle counter: it resets at each cycle start of the version in force. A version change keeps
   the counter (a mid-year price change does not restart the annual bands) unless the new
   version's cycle is defined differently (kind, start month or start day, or tiers added or
-  removed): then the counter also resets at the version's effective instant.
+  removed): then the counter also resets at the version's effective instant. An account moved to another
+  tariff follows the same rule at the instant of the move (`cycle_usage_across`), the zone being part of
+  the cycle's identity there.
 
 Configuration errors raise `TariffConfigError` with the reason; nothing is guessed.
 """
@@ -482,6 +484,23 @@ def cycle_start_at(tariff: Tariff, instant: datetime) -> datetime:
     if tiers is None:
         return run_start
     return max(run_start, tiers.latest_start(instant.astimezone(UTC), tariff.zone))
+
+
+def cycle_usage_across(old: Tariff, new: Tariff, at: datetime, cycle_usage_wh: int) -> int:
+    """The tier-cycle usage an account takes from `old` into `new` when it moves at the aware instant `at`.
+
+    The rule of a version change within one tariff: the counter is kept when the cycle is defined the same way
+    (kind, start month and day, tiers or none — and here the zone too), else it starts again from zero. Raises
+    `TariffNotInForceError` when `new` is not in force at `at`.
+    """
+    _require_aware(at, "at")
+    assert cycle_usage_wh >= 0, cycle_usage_wh
+    at_utc = at.astimezone(UTC)
+    # the version that priced the last interval before the move (the first one, if nothing came before it)
+    before = old.version_at(max(at_utc - _ONE_US, old.starts_utc[0]))
+    after = new.version_at(at_utc)
+    same = before.cycle_definition == after.cycle_definition and old.zone.key == new.zone.key
+    return cycle_usage_wh if same else 0
 
 
 # --------------------------------------------------------------------------- pricing

@@ -35,6 +35,11 @@ Documented rules:
   reported (`REGISTER_DECREASE`) and skipped; the next plausible reading charges the whole span.
 - A tariff not in force for an interval is a configuration error: `TariffNotInForceError` is raised
   and the caller's state is unchanged.
+- **Tariff changes.** An account moved to another tariff from an instant on the grid (`TariffChange`) has
+  every interval that starts before the instant priced with the old tariff and every one from it with the
+  new: the charges' energies are those without the change, only their prices differ. The tier-cycle
+  counter crosses the change as it crosses a version change (`tariffs.cycle_usage_across`). A change
+  cannot lie before `charged_until`: a charged interval is never priced again.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from __future__ import annotations
 import functools
 import itertools
 from bisect import insort
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -56,7 +61,14 @@ from prepay_engine.money import (
     round_pico_yuan_to_fen,
     to_pico_yuan,
 )
-from prepay_engine.tariffs import PricedSegment, Tariff, apportion_wh, price_in_one_band, price_span
+from prepay_engine.tariffs import (
+    PricedSegment,
+    Tariff,
+    apportion_wh,
+    cycle_usage_across,
+    price_in_one_band,
+    price_span,
+)
 
 INTERVAL = timedelta(minutes=15)
 DEFAULT_REGISTER_MAX_WH = 999_999_990
@@ -144,6 +156,18 @@ class MeterReplacement:
 
 
 UsageEvent: TypeAlias = RegisterReading | MeterReplacement
+
+
+@dataclass(frozen=True, slots=True)
+class TariffChange:
+    """From `at` (aware, on the 15-minute grid) the account's intervals are priced with `tariff`."""
+
+    at: datetime
+    tariff: Tariff
+
+    def __post_init__(self) -> None:
+        assert self.at.utcoffset() is not None, "a tariff change's instant must be timezone-aware"
+        assert _on_grid(self.at.astimezone(UTC)), f"a tariff change must lie on the 15-minute grid: {self.at}"
 
 
 class AnomalyKind(StrEnum):
@@ -258,6 +282,7 @@ class UsageResult:
     charges: tuple[IntervalCharge, ...]
     anomalies: tuple[UsageAnomaly, ...]
     duplicates: int
+    tariff_changes_applied: int = 0  # the first this many of the `tariff_changes` given are in force now
 
 
 class _Run:
@@ -597,6 +622,40 @@ class _Run:
         self.open_interval_meter_id = self.meter.meter_id
 
 
+class _PlannedRun(_Run):
+    """A run whose tariff changes at given instants: each interval is priced with the tariff in force at its start.
+
+    Only accounts with a change ahead take this class; the others keep `_Run` and its fast paths as they are.
+    """
+
+    def __init__(self, state: UsageState, tariff: Tariff, changes: tuple[TariffChange, ...]) -> None:
+        super().__init__(state, tariff)
+        self.changes = changes
+        self.applied = 0
+        self.switch_if_due()  # a change from `charged_until` prices the very next interval
+
+    def record_charge(
+        self,
+        end: datetime,
+        interval_wh: int,
+        segments: tuple[PricedSegment, ...],
+        amount_yuan: Decimal,
+        amount_pico_yuan: int | None,
+        cycle_usage_after_wh: int,
+    ) -> None:
+        """`_Run.record_charge`, then the tariff of the next interval if a change starts at its end."""
+        super().record_charge(end, interval_wh, segments, amount_yuan, amount_pico_yuan, cycle_usage_after_wh)
+        self.switch_if_due()
+
+    def switch_if_due(self) -> None:
+        """Take the next change when charging has reached its instant."""
+        while self.applied < len(self.changes) and self.changes[self.applied].at == self.charged_until:
+            change = self.changes[self.applied]
+            self.cycle_usage_wh = cycle_usage_across(self.tariff, change.tariff, change.at, self.cycle_usage_wh)
+            self.tariff = change.tariff
+            self.applied += 1
+
+
 def _plain_readings(state: UsageState, received: list[UsageEvent]) -> list[RegisterReading] | None:
     """`received` in time order when receiving them one by one could only queue them (nothing to report), else None.
 
@@ -638,6 +697,7 @@ def charge_usage(
     *,
     complete_until: datetime,
     eager_on_grid: bool = False,
+    tariff_changes: Sequence[TariffChange] = (),
 ) -> UsageResult:
     """Take `events` (any order, duplicates allowed); charge every interval closed by readings up to `complete_until`.
 
@@ -645,9 +705,20 @@ def charge_usage(
     `eager_on_grid`, a reading beyond it is consumed too when it closes the very next interval after an on-grid
     anchor (and so on, reading by reading): no later arrival could change that interval's charge, so the
     engine need not wait for the lateness allowance before charging meters that report on the grid.
+
+    `tariff` prices the intervals from `charged_until`; `tariff_changes` (in increasing order, none before
+    `charged_until`) move the account to another tariff from their instants. The result tells how many of them
+    charging has reached (`tariff_changes_applied`): the tariff of the last of those is the account's now.
     """
     assert complete_until.utcoffset() is not None, "complete_until must be timezone-aware"
-    run = _Run(state, tariff)
+    run: _Run
+    if tariff_changes:
+        changes = tuple(tariff_changes)
+        assert changes[0].at >= state.charged_until, "a tariff change can't reprice charged intervals"
+        assert all(a.at < b.at for a, b in itertools.pairwise(changes)), "tariff changes in increasing order"
+        run = _PlannedRun(state, tariff, changes)
+    else:
+        run = _Run(state, tariff)
     received = list(events)
     in_order = _plain_readings(state, received)
     if in_order is not None:
@@ -665,4 +736,5 @@ def charge_usage(
     charged_wh = sum(c.energy_wh for c in run.charges)
     assert after.consumed_wh - after.carried_wh == state.consumed_wh - state.carried_wh + charged_wh
     assert after.accumulator.charged_fen == state.accumulator.charged_fen + sum(c.amount_fen for c in run.charges)
-    return UsageResult(after, tuple(run.charges), tuple(run.anomalies), run.duplicates)
+    applied = run.applied if isinstance(run, _PlannedRun) else 0
+    return UsageResult(after, tuple(run.charges), tuple(run.anomalies), run.duplicates, applied)
