@@ -7,7 +7,9 @@ database drivers, the web framework or the engine. Each command imports what it 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -75,6 +77,40 @@ def yuan(fen: int) -> str:
     from prepay_engine.money import fen_to_yuan
 
     return f"¥{fen_to_yuan(fen)}"
+
+
+def local_time(value: datetime | None, zone: ZoneInfo) -> str:
+    """A time as local wall-clock time to the second, `-` for none."""
+    return "-" if value is None else f"{value.astimezone(zone):%Y-%m-%d %H:%M:%S}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows under their headers, each column as wide as its widest cell (the last one not padded)."""
+    widths = [max(len(cell) for cell in column) for column in zip(headers, *rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in (headers, *rows)
+    )
+
+
+def record(item: Any) -> dict[str, Any]:
+    """A dataclass instance's fields by name (not recursively)."""
+    return {f.name: getattr(item, f.name) for f in dataclasses.fields(item)}
+
+
+def to_json(value: object, zone: ZoneInfo) -> str:
+    """One JSON document: dataclasses as objects, times as local ISO 8601 with their offset, days as ISO dates."""
+
+    def plain(item: object) -> object:
+        if dataclasses.is_dataclass(item) and not isinstance(item, type):
+            return record(item)
+        if isinstance(item, datetime):
+            return item.astimezone(zone).isoformat()
+        if isinstance(item, date):
+            return item.isoformat()
+        raise TypeError(f"{type(item).__name__} is not JSON serialisable")
+
+    return json.dumps(value, default=plain, ensure_ascii=False)
 
 
 def print_decision(step: Decided | None) -> None:

@@ -7,10 +7,11 @@ from typing import Annotated
 
 import typer
 
-from headend.cli.common import command_group, database, fail, load_settings
+from headend.cli.common import command_group, database, fail, load_settings, local_time, table, to_json
+from headend.dispatch.states import CommandState
 
-command_app = command_group("Relay commands: show, approve, cancel, read a relay.")
-alarm_app = command_group("Relay alarms.")
+command_app = command_group("Relay commands: list, show, approve, cancel, read a relay.")
+alarm_app = command_group("Relay alarms: list, resolve.")
 
 
 def dispatch_command(
@@ -28,6 +29,51 @@ def dispatch_command(
         f"stopped: {totals.taken} taken, {totals.sent} sent, {totals.held} held, {totals.cancelled} cancelled, "
         f"{totals.expired} expired, {totals.events} events ({totals.rejected_events} refused)"
     )
+
+
+@command_app.command("list")
+def command_list(
+    state: Annotated[CommandState | None, typer.Option(help="Only commands in this state.")] = None,
+    meter: Annotated[str | None, typer.Option(help="Only this meter's commands.")] = None,
+    account: Annotated[str | None, typer.Option(help="Only this account's commands.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Commands to list.")] = 50,
+    before: Annotated[str | None, typer.Option(help="Only commands older than this one (the next page).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Relay commands newest first: when issued (local time), id, action, meter, state, attempts, latest step."""
+    from headend.dispatch import store
+
+    settings = load_settings()
+    with database(settings) as conn:
+        try:
+            page = store.list_commands(
+                conn, state=state, meter_id=meter, account_id=account, limit=limit, before=before
+            )
+        except store.CommandError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--before") from None
+    if as_json:
+        typer.echo(to_json({"commands": page.commands, "next_before": page.next_before}, settings.zone))
+        return
+    if not page.commands:
+        typer.echo("no commands")
+        return
+    rows = [
+        [
+            local_time(c.issued_at, settings.zone),
+            c.command_id,
+            c.action,
+            c.meter_id,
+            c.account_id or "-",
+            c.state,
+            str(c.attempts),
+            c.detail,
+        ]
+        for c in page.commands
+    ]
+    headers = [f"issued ({settings.timezone})", "command", "action", "meter", "account", "state", "attempts", "detail"]
+    typer.echo(table(headers, rows))
+    if page.next_before is not None:
+        typer.echo(f"{len(page.commands)} shown, older ones follow: --before {page.next_before}")
 
 
 @command_app.command("show")
@@ -103,6 +149,47 @@ def command_read_relay(
         except store.CommandError as exc:
             raise fail(str(exc)) from None
     typer.echo(f"{command.command_id} requested; expires {command.expires_at.isoformat()}")
+
+
+@alarm_app.command("list")
+def alarm_list(
+    unresolved: Annotated[bool, typer.Option("--open/--all", help="Open alarms only, or resolved ones too.")] = True,
+    meter: Annotated[str | None, typer.Option(help="Only this meter's alarms.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="Alarms to list.")] = 50,
+    before: Annotated[int | None, typer.Option(min=1, help="Only alarms before this id (the next page).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Relay alarms newest first: id, when raised (local time), meter, kind, relay, resolution."""
+    from headend.dispatch import store
+
+    settings = load_settings()
+    with database(settings) as conn:
+        page = store.list_alarms(
+            conn, unresolved=True if unresolved else None, meter_id=meter, limit=limit, before_id=before
+        )
+    if as_json:
+        typer.echo(to_json({"alarms": page.alarms, "next_before": page.next_before_id}, settings.zone))
+        return
+    if not page.alarms:
+        typer.echo("no open alarms" if unresolved else "no alarms")
+        return
+    rows = [
+        [
+            str(a.alarm_id),
+            local_time(a.raised_at, settings.zone),
+            a.meter_id,
+            a.kind,
+            a.relay,
+            a.command_id or "-",
+            "open" if a.resolved_at is None else f"{local_time(a.resolved_at, settings.zone)} by {a.resolved_by}",
+            a.detail,
+        ]
+        for a in page.alarms
+    ]
+    headers = ["alarm", f"raised ({settings.timezone})", "meter", "kind", "relay", "command", "resolved", "detail"]
+    typer.echo(table(headers, rows))
+    if page.next_before_id is not None:
+        typer.echo(f"{len(page.alarms)} shown, older ones follow: --before {page.next_before_id}")
 
 
 @alarm_app.command("resolve")
