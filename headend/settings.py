@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     api_host: str = Field(default="127.0.0.1", description="address `headend serve` listens on")
     api_port: int = Field(default=8080, ge=1, le=65535, description="port `headend serve` listens on")
     api_pool_size: int = Field(default=10, ge=1, le=1000, description="database connections the API keeps at most")
+    payment_max_age_days: int = Field(
+        default=30, ge=1, le=3660, description="a new payment dated longer ago is refused by the API (paid_at_too_old)"
+    )
     dispatch_client_id: str = Field(default="headend-dispatch", description="MQTT session id of the dispatcher")
     dispatch_command_ttl_s: int = Field(default=600, ge=10, description="how long a relay command may be executed")
     dispatch_retry_first_s: float = Field(default=15.0, gt=0, description="first resend of an unanswered command")

@@ -122,7 +122,9 @@ def counter_payment(
         stored = payment_store.payment(conn, COUNTER_CHANNEL, parsed.channel_txn_id)
         paid_at = now if stored is None else stored.paid_at
     request = TopUp(COUNTER_CHANNEL, parsed.channel_txn_id, account_id, parsed.amount_fen, paid_at)
-    created, payment = receive_payment(conn, state.catalog(), request, now=now, received_by=principal.name)
+    created, payment = receive_payment(
+        conn, state.catalog(), request, now=now, received_by=principal.name, max_age=state.payment_max_age
+    )
     if not created:
         response.status_code = status.HTTP_200_OK
     return payment

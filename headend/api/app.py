@@ -19,6 +19,7 @@ from psycopg_pool import ConnectionPool
 from headend.api import accounts, channels, commands, health, payments
 from headend.api.db import ApiState, Clock, utc_now
 from headend.api.errors import install_handlers, problems_as_problem_json
+from headend.api.request_guard import RefuseMalformedTargets
 from headend.api.schemas import BODY_MODELS, REF_PREFIX
 from headend.db.engine import libpq_dsn
 from headend.db.migrate import alembic_config
@@ -128,7 +129,13 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
         openapi_tags=TAGS,
         lifespan=lifespan,
     )
-    app.state.api = ApiState(pool, clock, timedelta(seconds=settings.dispatch_command_ttl_s))
+    app.state.api = ApiState(
+        pool,
+        clock,
+        timedelta(seconds=settings.dispatch_command_ttl_s),
+        timedelta(days=settings.payment_max_age_days),
+    )
+    app.add_middleware(RefuseMalformedTargets)
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -50,7 +50,12 @@ def channel_payment(channel: SignedChannel, body: RawBody, conn: Conn, state: St
     paid_at = parsed.paid_at.astimezone(UTC)
     request = TopUp(channel, parsed.channel_txn_id, parsed.account_id, parsed.amount_fen, paid_at)
     created, payment = receive_payment(
-        conn, state.catalog(), request, now=state.clock(), received_by=f"channel:{channel}"
+        conn,
+        state.catalog(),
+        request,
+        now=state.clock(),
+        received_by=f"channel:{channel}",
+        max_age=state.payment_max_age,
     )
     if not created:
         response.status_code = status.HTTP_200_OK

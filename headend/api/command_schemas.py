@@ -7,6 +7,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from headend.api.schemas import StorableText
 from headend.dispatch.lifecycle import AlarmKind, CommandState, ReconnectMode
 from protocols.readings import RelayState
 from protocols.relay_codec import RelayAction
@@ -151,7 +152,7 @@ class ApproveIn(BaseModel):
         extra="forbid", strict=True, json_schema_extra={"examples": [{"note": "storm checked with the feeder"}]}
     )
 
-    note: str | None = Field(
+    note: StorableText | None = Field(
         default=None, min_length=1, max_length=NOTE_MAX, description="Recorded in the command's audit trail."
     )
 
@@ -161,7 +162,9 @@ class CancelIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"reason": "site visit"}]})
 
-    reason: str = Field(min_length=1, max_length=NOTE_MAX, description="Recorded in the command's audit trail.")
+    reason: StorableText = Field(
+        min_length=1, max_length=NOTE_MAX, description="Recorded in the command's audit trail."
+    )
 
 
 class ResolveIn(BaseModel):
@@ -171,7 +174,7 @@ class ResolveIn(BaseModel):
         extra="forbid", strict=True, json_schema_extra={"examples": [{"note": "relay replaced on site"}]}
     )
 
-    note: str | None = Field(
+    note: StorableText | None = Field(
         default=None,
         min_length=1,
         max_length=NOTE_MAX,

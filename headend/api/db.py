@@ -30,6 +30,7 @@ class ApiState:
     pool: ConnectionPool[Any]
     clock: Clock = utc_now
     command_ttl: timedelta = timedelta(minutes=10)  # how long a relay read requested here may be executed
+    payment_max_age: timedelta = timedelta(days=30)  # older new payments are refused (HEADEND_PAYMENT_MAX_AGE_DAYS)
     # a Catalog caches parsed tariffs and mutates itself on refresh: one per worker thread, never shared
     _catalogs: threading.local = field(default_factory=threading.local)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from headend.api.db import Connection
@@ -17,16 +17,17 @@ _STATUS: Final = {
     Refusal.UNKNOWN_ACCOUNT: 404,
     Refusal.CONFLICT: 409,
     Refusal.IN_FUTURE: 422,
+    Refusal.TOO_OLD: 422,
     Refusal.REJECTED: 422,
 }
 
 
 def receive_payment(
-    conn: Connection, catalog: Catalog, request: TopUp, *, now: datetime, received_by: str
+    conn: Connection, catalog: Catalog, request: TopUp, *, now: datetime, received_by: str, max_age: timedelta
 ) -> tuple[bool, PaymentOut]:
     """Credit a top-up once: whether this delivery credited it, and the payment as first credited (or a problem)."""
     try:
-        received = receive(conn, catalog, request, now=now, received_by=received_by)
+        received = receive(conn, catalog, request, now=now, received_by=received_by, max_age=max_age)
     except PaymentRefusedError as exc:
         raise ProblemError(_STATUS[exc.refusal], exc.message, code=exc.code) from None
     return received.created, payment_out(conn, received.payment)

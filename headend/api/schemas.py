@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import json
+import re
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from headend.api.errors import ProblemError, field_errors
 from prepay_engine.account import RelayAction
@@ -41,6 +43,31 @@ AccountId = Annotated[
         examples=["A0001"],
     ),
 ]
+# the years a payment can plausibly be dated in; outside them an offset could not even be applied safely
+PLAUSIBLE_YEARS: Final = range(2000, 2100)
+_CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _plausible_instant(value: datetime) -> datetime:
+    if value.year not in PLAUSIBLE_YEARS:
+        raise ValueError(f"must lie in the years {PLAUSIBLE_YEARS.start}–{PLAUSIBLE_YEARS.stop - 1}")
+    return value.astimezone(UTC)
+
+
+def _storable_text(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not hold control characters (such as NUL)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+# an aware time, answered in UTC; years outside PLAUSIBLE_YEARS refused (year 1 with +14:00 can't become UTC)
+PlausibleInstant = Annotated[AwareDatetime, AfterValidator(_plausible_instant)]
+# free text for audit trails and logs: anything PostgreSQL can store, tabs and line breaks allowed
+StorableText = Annotated[str, AfterValidator(_storable_text)]
 AmountFen = Annotated[
     int,
     Field(
@@ -73,7 +100,7 @@ class ChannelPaymentIn(BaseModel):
     channel_txn_id: TxnId
     account_id: AccountId
     amount_fen: AmountFen
-    paid_at: AwareDatetime = Field(description="When the payment succeeded at the channel: ISO 8601 with an offset.")
+    paid_at: PlausibleInstant = Field(description="When the payment succeeded at the channel: ISO 8601 with an offset.")
 
 
 class CounterPaymentIn(BaseModel):
@@ -89,7 +116,7 @@ class CounterPaymentIn(BaseModel):
 
     channel_txn_id: TxnId
     amount_fen: AmountFen
-    paid_at: AwareDatetime | None = Field(
+    paid_at: PlausibleInstant | None = Field(
         default=None,
         description="When the money was taken (ISO 8601 with an offset); omitted: as first received for this "
         "transaction id, else now.",
@@ -287,8 +314,28 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+class _DuplicateKeyError(ValueError):
+    """A JSON object names one key twice."""
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKeyError(key)
+        seen[key] = value
+    return seen
+
+
 def parse_body(model: type[_M], body: bytes) -> _M:
-    """A request body parsed strictly (JSON types as they are, no coercion, no extra fields); 422 otherwise."""
+    """A request body parsed strictly (JSON types as they are, no coercion, no extra fields, no key twice); 422."""
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicate_keys)
+    except _DuplicateKeyError as exc:
+        # a signed body whose key appears twice means one thing to us and maybe another to its signer
+        raise ProblemError(422, f"body: the key {exc.args[0]!r} appears twice", code="duplicate_key") from None
+    except (ValueError, RecursionError):
+        pass  # not JSON, or nested beyond reason: pydantic below says where
     try:
         return model.model_validate_json(body, strict=True)
     except ValidationError as exc:

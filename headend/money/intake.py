@@ -25,6 +25,7 @@ Connection = psycopg.Connection[Any]
 
 # a channel's clock may run a little ahead of ours; a payment stamped later than this is refused
 PAID_AT_TOLERANCE: Final = timedelta(minutes=5)
+DEFAULT_MAX_AGE: Final = timedelta(days=30)
 
 
 class Refusal(StrEnum):
@@ -33,6 +34,7 @@ class Refusal(StrEnum):
     UNKNOWN_ACCOUNT = "unknown_account"
     CONFLICT = "payment_conflict"
     IN_FUTURE = "paid_at_in_future"
+    TOO_OLD = "paid_at_too_old"
     REJECTED = "rejected"
 
 
@@ -54,14 +56,32 @@ class Received:
     payment: payment_store.Payment
 
 
-def receive(conn: Connection, catalog: Catalog, request: TopUp, *, now: datetime, received_by: str) -> Received:
-    """Credit a top-up once; a duplicate gets the first result, a conflicting or refused one PaymentRefusedError."""
+def receive(
+    conn: Connection,
+    catalog: Catalog,
+    request: TopUp,
+    *,
+    now: datetime,
+    received_by: str,
+    max_age: timedelta = DEFAULT_MAX_AGE,
+) -> Received:
+    """Credit a top-up once; a duplicate gets the first result, a conflicting or refused one PaymentRefusedError.
+
+    A new payment dated more than `max_age` before `now` is refused: a callback that late is a replay or a
+    channel's error, and belongs to reconciliation with the channel's statement, not to automatic credit.
+    """
     stored = payment_store.payment(conn, request.channel, request.channel_txn_id)
     if stored is not None:
         _check_same(stored, request)
         return Received(False, stored)
     if request.paid_at > now + PAID_AT_TOLERANCE:
         raise PaymentRefusedError(Refusal.IN_FUTURE, f"paid_at {request.paid_at.isoformat()} is in the future")
+    if request.paid_at < now - max_age:
+        raise PaymentRefusedError(
+            Refusal.TOO_OLD,
+            f"paid_at {request.paid_at.isoformat()} is more than {max_age.days} days ago; "
+            "a payment that old is settled by reconciliation, not credited by a callback",
+        )
     try:
         result = pay(conn, catalog, request, now=now, received_by=received_by)
     except AccountError as exc:

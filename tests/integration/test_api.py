@@ -108,7 +108,8 @@ def api(database_url: str) -> Iterator[Api]:
         ):
             tokens[name] = new_token()
             store.create_principal(conn, name, role, tokens[name], created_by="test")
-        app = create_app(Settings(database_url=database_url, api_pool_size=4))
+        # the payments here are dated on fixed days: refused as too old only where a test says so
+        app = create_app(Settings(database_url=database_url, api_pool_size=4, payment_max_age_days=3660))
         with TestClient(app) as client:
             yield Api(client, conn, tokens)
 
@@ -265,6 +266,12 @@ def test_the_previous_secret_is_accepted_during_its_grace_period_only(api: Api) 
         (_payment() | {"amount_fen": 10**12}, ["body", "amount_fen"]),
         (_payment() | {"paid_at": "2026-11-22T10:15:00"}, ["body", "paid_at"]),
         (_payment() | {"paid_at": 1795000000}, ["body", "paid_at"]),
+        # the edges of what a datetime can hold: with the offset applied they would leave it
+        (_payment() | {"paid_at": "0001-01-01T00:00:00+14:00"}, ["body", "paid_at"]),
+        (_payment() | {"paid_at": "9999-12-31T23:59:59-14:00"}, ["body", "paid_at"]),
+        (_payment() | {"paid_at": "1999-12-31T23:59:59+00:00"}, ["body", "paid_at"]),
+        (_payment() | {"channel_txn_id": "WX\u00001"}, ["body", "channel_txn_id"]),
+        (_payment() | {"account_id": "\ud800"}, ["body"]),  # a lone surrogate is not JSON text
         (_payment() | {"note": "extra"}, ["body", "note"]),
         (_payment() | {"channel_txn_id": "WX:1"}, ["body", "channel_txn_id"]),
         (_payment() | {"channel_txn_id": ""}, ["body", "channel_txn_id"]),
@@ -283,6 +290,69 @@ def test_a_body_that_is_not_strictly_valid_is_refused_and_posts_nothing(
     assert problem["type"] == "urn:headend:problem:unprocessable"
     assert [e["loc"] for e in problem["errors"]] == [location]
     assert api.posted() == (0, 0)
+
+
+def test_a_key_given_twice_is_refused_whatever_the_signature_covers(api: Api) -> None:
+    # signed, so the channel vouches for the bytes; which amount it meant is still not ours to guess
+    raw = b'{"channel_txn_id":"WX1","account_id":"A1","amount_fen":1,"amount_fen":99999999,"paid_at":"%s"}' % (
+        PAID_AT.encode()
+    )
+    refused = api.callback(raw)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["type"] == "urn:headend:problem:duplicate_key"
+    assert "amount_fen" in refused.json()["detail"]
+    assert api.posted() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1/channels/%00/payments",
+        "/v1/accounts/A%001",
+        "/v1/accounts/A1/ledger?book=%00",
+        "/v1/commands?account_id=%00",
+        "/v1/commands?meter_id=%ED%A0%80",
+        "/v1/payments/wechat/%FF%FE",
+        "/v1/alarms?meter_id=a%0Ab",
+    ],
+)
+def test_a_target_with_nul_control_characters_or_bad_utf8_is_a_400_before_anything_else(api: Api, target: str) -> None:
+    method = "POST" if target.endswith("/payments") and "channels" in target else "GET"
+    refused = api.client.request(method, target, headers=api.auth("root"))
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["type"] == "urn:headend:problem:malformed_request"
+    # no credentials needed to be told: the target is refused before authentication
+    assert api.client.request(method, target).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("note", "location"),
+    [
+        ("storm\u0000checked", ["body", "reason"]),
+        ("bell\u0007", ["body", "reason"]),
+        ("\ud83d", ["body"]),  # a lone surrogate is not JSON text
+    ],
+)
+def test_free_text_that_the_database_cannot_store_is_refused(api: Api, note: str, location: list[str]) -> None:
+    body = json.dumps({"reason": note}).encode()
+    refused = api.client.post(
+        "/v1/commands/nope/cancel", content=body, headers={**api.auth("ops"), "Content-Type": "application/json"}
+    )
+    assert refused.status_code == 422, refused.text
+    assert [e["loc"] for e in refused.json()["errors"]] == [location]
+
+
+def test_a_payment_older_than_the_limit_is_refused(database_url: str, api: Api) -> None:
+    app = create_app(Settings(database_url=database_url, api_pool_size=2, payment_max_age_days=30))
+    now = datetime.now(UTC)
+    with TestClient(app) as client:
+        late = Api(client, api.db, api.tokens)
+        refused = late.callback(_payment("WX-OLD", paid_at=(now - timedelta(days=31)).isoformat()))
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["type"] == "urn:headend:problem:paid_at_too_old"
+        assert api.posted() == (0, 0)
+        accepted = late.callback(_payment("WX-RECENT", paid_at=(now - timedelta(days=29)).isoformat()))
+        assert accepted.status_code == 201, accepted.text
 
 
 def test_refused_payments_post_nothing(api: Api) -> None:
