@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         default=True,
         description="charge a reading that closes the next on-grid interval at once, without waiting for the lateness",
     )
+    status_interval_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="between the status lines of ingest, engine and dispatch (counters of the period and totals); "
+        "0: none",
+    )
     settle_workers: int = Field(
         default=0, ge=0, le=64, description="processes a settlement charges with (0: one per CPU, plus one)"
     )
