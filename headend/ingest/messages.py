@@ -33,6 +33,7 @@ class DeadLetter:
     reason: str
     received_at: datetime
     item_index: int | None = None
+    meter_id: str | None = None  # when known (a decoded reading refused later)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,10 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_ty
 
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, libpq_dsn
 from headend.db.partitions import days_around
-from headend.ingest.messages import Decoded, InboundMessage, decode_message
+from headend.ingest.messages import DeadLetter, Decoded, InboundMessage, decode_message
 from headend.ingest.writer import ReadingWriter, WriteResult
-from headend.mqtt.client import connect, make_client
+from headend.mqtt.client import ConnectionWatch, connect, make_client
+from headend.runtime.status import LimitedLog, Status, StatusReporter
 from headend.settings import Settings
 from protocols.mqtt_topics import READINGS_FILTERS
 
@@ -28,6 +29,15 @@ log = logging.getLogger(__name__)
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
 PARTITION_CHECK_EVERY_S = 3600.0
+# the counters of a status line, with their words
+STATUS_LABELS = {
+    "messages": "messages",
+    "readings_inserted": "readings stored",
+    "duplicates": "duplicates",
+    "dead_letters": "dead letters",
+    "batches": "batches",
+    "backlog": "messages received and not yet committed",
+}
 
 
 @dataclass(slots=True)
@@ -41,6 +51,16 @@ class IngestStats:
     batches: int = 0
     db_retries: int = 0
     started_at: float = field(default_factory=time.monotonic)
+
+    def counters(self) -> dict[str, int]:
+        """The totals a status line reports."""
+        return {
+            "messages": self.messages,
+            "readings_inserted": self.readings_inserted,
+            "duplicates": self.duplicates,
+            "dead_letters": self.dead_letters,
+            "batches": self.batches,
+        }
 
     def add(self, messages: int, result: WriteResult) -> None:
         """Count one committed batch."""
@@ -75,7 +95,14 @@ class IngestWorker:
         self._to_write: queue.Queue[tuple[list[InboundMessage], Decoded] | None] = queue.Queue(maxsize=1)
         self._writer_error: BaseException | None = None
         self._next_partition_check = 0.0
+        self._received = 0
+        self._database_problem: str | None = None
+        self._dead_letter_log = LimitedLog(log, "dead letters", period_s=settings.status_interval_s or 10.0)
+        self._status = StatusReporter(
+            log, "ingest", settings.status_interval_s, STATUS_LABELS, limited=[self._dead_letter_log]
+        )
         self._client = make_client(settings, settings.mqtt_client_id, manual_ack=True, persistent=True)
+        self._broker = ConnectionWatch(self._client, settings, log)
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
@@ -91,12 +118,10 @@ class IngestWorker:
         return self._connected
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused the connection: %s", reason)
+        if not self._broker.connect_result(reason, flags.session_present):
             return
         self._generation += 1
         client.subscribe([(f, 1) for f in subscription_filters(self._settings)])
-        log.info("connected to the broker (session present: %s)", flags.session_present)
 
     def _on_subscribe(
         self, client: mqtt.Client, userdata: Any, mid: int, reasons: list[ReasonCode], props: Any
@@ -110,10 +135,10 @@ class IngestWorker:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         self._connected.clear()
-        if not self._stop.is_set():
-            log.warning("disconnected from the broker (%s); reconnecting", reason)
+        self._broker.disconnected(reason, stopping=self._stop.is_set())
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        self._received += 1
         self._inbox.put(
             InboundMessage(
                 message.topic, bytes(message.payload), datetime.now(UTC), message.mid, message.qos, self._generation
@@ -152,11 +177,9 @@ class IngestWorker:
 
     def _after_failed_write(self, state: RetryCallState) -> None:
         self.stats.db_retries += 1
-        log.warning(
-            "database write failed (%s); holding the batch and retrying in %.1f s",
-            state.outcome.exception() if state.outcome else "?",
-            state.upcoming_sleep,
-        )
+        error = state.outcome.exception() if state.outcome else "?"
+        self._database_problem = f"database write failing ({error}), {self.stats.db_retries} retries so far"
+        log.warning("database write failed (%s); holding the batch and retrying in %.1f s", error, state.upcoming_sleep)
         self._close_writer()
 
     def _pause(self, seconds: float) -> None:
@@ -197,11 +220,21 @@ class IngestWorker:
             if self._writer is None:
                 self._conn, self._writer = self._open_writer()
             self._create_partitions_ahead()
+            self._database_problem = None
         except psycopg.Error as exc:
             log.warning("could not create partitions ahead: %s", exc)
+            self._database_problem = f"database unavailable ({exc})"
             self._close_writer()
             return time.monotonic() + RETRY_MIN_S
         return time.monotonic() + PARTITION_CHECK_EVERY_S
+
+    def _status_now(self) -> Status:
+        problems = [p for p in (self._broker.problem(), self._database_problem) if p is not None]
+        return Status(
+            self.stats.counters(),
+            {"backlog": self._received - self.stats.messages},
+            "; ".join(problems) or None,
+        )
 
     def run(self) -> IngestStats:
         """Consume until stopped; return the totals.
@@ -217,6 +250,7 @@ class IngestWorker:
         writer.start()
         try:
             while not self._stop.is_set() and writer.is_alive():
+                self._status.tick(self._status_now)
                 batch = self._next_batch()
                 if not batch:
                     continue
@@ -242,7 +276,7 @@ class IngestWorker:
                 self._to_write.put(item, timeout=0.2)
                 return
             except queue.Full:
-                continue
+                self._status.tick(self._status_now)  # the writer is slow or retrying: still one line a period
 
     def _write_loop(self) -> None:
         """The writer thread: commit each batch, then acknowledge its messages, in arrival order."""
@@ -260,12 +294,23 @@ class IngestWorker:
                 result = self._write_with_retry(decoded)
                 if result is None:
                     return  # stopping while the database is unreachable: the broker redelivers the batch
+                self._database_problem = None
                 self._acknowledge(batch)
                 self.stats.add(len(batch), result)
+                for dead in result.dead:
+                    self._log_dead_letter(dead)
         except BaseException as exc:
             log.exception("the ingest writer failed; stopping without acknowledging the batch")
             self._writer_error = exc
             self._stop.set()
+
+    def _log_dead_letter(self, dead: DeadLetter) -> None:
+        where = [f"item {dead.item_index}"] if dead.item_index is not None else []
+        if dead.meter_id is not None and dead.item_index is not None:
+            where.append(f"meter {dead.meter_id}")
+        self._dead_letter_log.log(
+            "dead letter from %s%s: %s", dead.topic, f" ({', '.join(where)})" if where else "", dead.reason
+        )
 
     def _acknowledge(self, batch: list[InboundMessage]) -> None:
         # a message from before a reconnect is redelivered by the broker and acknowledged then

@@ -134,6 +134,7 @@ class WriteResult:
     offered: int
     inserted: int
     dead_letters: int
+    dead: tuple[DeadLetter, ...] = ()  # the dead letters recorded, with their reasons
 
     @property
     def duplicates(self) -> int:
@@ -209,7 +210,7 @@ class ReadingWriter:
                     inserted = int(record[0])
             if dead:
                 self._record_dead_letters(dead)
-        return WriteResult(offered=len(staged) - refused, inserted=inserted, dead_letters=len(dead))
+        return WriteResult(offered=len(staged) - refused, inserted=inserted, dead_letters=len(dead), dead=tuple(dead))
 
     def _refuse_unregistered(self, staged: list[SourcedReading], dead: list[DeadLetter]) -> int:
         """Move readings of unknown or inactive meters from the stage to `dead`; return how many."""
@@ -236,4 +237,6 @@ class ReadingWriter:
 
 
 def _dead_letter(item: SourcedReading, reason: str) -> DeadLetter:
-    return DeadLetter(item.topic, reading_payload(item), reason, item.received_at, item.item_index)
+    return DeadLetter(
+        item.topic, reading_payload(item), reason, item.received_at, item.item_index, item.reading.meter_id
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,10 +19,12 @@ import pytest
 
 from headend.ingest.validation import QualityFlag
 from headend.ingest.worker import IngestWorker
+from headend.mqtt.embedded_broker import free_port
 from headend.settings import Settings
 from protocols.mqtt_codec import encode_concentrator_batch, encode_meter_reading
 from protocols.readings import MeterReading
 from tests.integration.conftest import Publisher, count, register, wait_for
+from tests.integration.worker_support import Lines, private_mosquitto
 
 pytestmark = pytest.mark.integration
 SHANGHAI = timedelta(hours=8)
@@ -341,3 +345,126 @@ def test_two_workers_share_the_load_without_loss(
     handled = [int(out.split("stopped: ")[1].split(" messages")[0]) for out in outputs]
     assert all(h > 0 for h in handled), handled
     assert sum(handled) >= 3000
+
+
+def test_every_dead_letter_is_logged_with_its_reason_but_a_flood_only_up_to_a_limit(
+    db: psycopg.Connection[Any],
+    unique: str,
+    settings_for: Callable[..., Settings],
+    database_url: str,
+    publisher: Publisher,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "headend.ingest.worker")
+    settings = settings_for(database_url).model_copy(update={"status_interval_s": 1.0})
+    worker = IngestWorker(settings, database_url)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert worker.connected.wait(15), "worker did not subscribe"
+        dcu, good = f"d{unique}", f"g{unique}"
+        register(db, [good], concentrator=dcu)
+        future = datetime.now(UTC) + timedelta(hours=2)
+        readings = [MeterReading(good, local_ts(1), 5), MeterReading(good, future, 9)]
+        publisher.publish(f"concentrators/{dcu}/readings", encode_concentrator_batch(dcu, local_ts(1), readings))
+        publisher.flush()
+        wait_for(lambda: worker.stats.dead_letters == 1, 30, "the dead letter of the concentrator")
+        for i in range(200):
+            publisher.publish(*meter_message(f"u{unique}{i:03d}", 1, 5))
+        publisher.flush()
+
+        def logged() -> tuple[list[str], int]:
+            lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dead letter from")]
+            left_out = sum(int(vars(r)["left_out"]) for r in caplog.records if "left_out" in vars(r))
+            return lines, left_out
+
+        wait_for(lambda: len(logged()[0]) + logged()[1] == 201, 30, "every dead letter logged or summed up")
+    finally:
+        worker.stop()
+        thread.join(15)
+    lines, left_out = logged()
+    assert lines[0] == (
+        f"dead letter from concentrators/{dcu}/readings (item 1, meter {good}): ts {future.isoformat()} is more than "
+        "300 s in the future"
+    )
+    flood = re.compile(rf"dead letter from meters/u{unique}(\d{{3}})/readings: unknown meter 'u{unique}\1'")
+    assert lines[1:]
+    assert all(flood.fullmatch(line) for line in lines[1:]), lines
+    assert left_out > 100  # at most 10 lines a period (1 s here) of the 200 of the flood
+    dead_letter_lines = [r for r in caplog.records if r.getMessage().startswith(("dead letter from", "… and"))]
+    assert {r.levelno for r in dead_letter_lines} == {logging.WARNING}
+    # the status lines count them
+    status = [vars(r) for r in caplog.records if r.getMessage().startswith("ingest: ")]
+    assert status[-1]["totals"] == {
+        "messages": 201,
+        "readings_inserted": 1,
+        "duplicates": 0,
+        "dead_letters": 201,
+        "batches": worker.stats.batches,
+    }
+    assert status[-1]["state"] in ("running", "idle")
+
+
+def _ingest_process(database_url: str, port: int, unique: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "HEADEND_DATABASE_URL": database_url,
+        "HEADEND_MQTT_HOST": "127.0.0.1",
+        "HEADEND_MQTT_PORT": str(port),
+        "HEADEND_MQTT_CLIENT_ID": f"test-ingest-{unique}",
+        "HEADEND_STATUS_INTERVAL_S": "1",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "headend", "--log-level", "info", "--log-format", "json", "ingest"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_an_unreachable_broker_is_logged_at_every_attempt_and_the_connection_once_it_is_there(
+    database_url: str, unique: str
+) -> None:
+    port = free_port()  # nobody listens on it
+    process = _ingest_process(database_url, port, unique)
+    assert process.stderr is not None
+    err = Lines(process.stderr)
+    try:
+        first = err.wait_for(f"cannot connect to the broker 127.0.0.1:{port}: connection refused (attempt 1;", 15)
+        err.wait_for("connection refused (attempt 2;", 10, after=first)
+        stalled = json.loads(err.lines[err.wait_for('"worker": "ingest"', 5)])
+        assert stalled["level"] == "WARNING"
+        assert stalled["message"].startswith(f"ingest: not connected to the broker 127.0.0.1:{port} for ")
+        assert stalled["state"] == "problem"
+        with private_mosquitto(port):
+            connected = json.loads(err.lines[err.wait_for(f"connected to the broker 127.0.0.1:{port} after", 40)])
+            assert connected["level"] == "INFO"
+            err.wait_for("subscribed to", 10)
+            assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(30)
+        err.close()
+    entries = [json.loads(line) for line in err.lines]  # every line is one JSON object
+    refused = [e for e in entries if e["message"].startswith("cannot connect to the broker")]
+    assert [e["attempt"] for e in refused] == list(range(1, len(refused) + 1))
+    assert all(e["level"] == "WARNING" for e in refused)
+
+
+def test_a_broker_refusing_the_worker_is_logged_with_the_connack_reason(database_url: str, unique: str) -> None:
+    port = free_port()
+    with private_mosquitto(port, allow_anonymous=False):
+        process = _ingest_process(database_url, port, unique)
+        assert process.stderr is not None
+        err = Lines(process.stderr)
+        try:
+            line = err.lines[err.wait_for("refused by the broker", 15)]
+        finally:
+            process.terminate()
+            process.wait(30)
+            err.close()
+    assert json.loads(line)["message"] == (
+        f"cannot connect to the broker 127.0.0.1:{port}: refused by the broker: Not authorized (CONNACK reason code "
+        "135) (attempt 1; retrying, at most 30 s apart)"
+    )
