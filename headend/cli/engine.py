@@ -28,6 +28,7 @@ def engine_command(
             settings.engine_batch_accounts,
             eager_on_grid=settings.engine_eager_on_grid,
             full_sweep_s=settings.engine_full_sweep_s,
+            status_interval_s=settings.status_interval_s,
         )
         stats = runner.sweep() if once else runner.run(stop, settings.engine_poll_s)
     typer.echo(

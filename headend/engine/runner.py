@@ -28,6 +28,7 @@ from headend.db.notifications import listen, wait_for_notification
 from headend.engine.catalog import Catalog
 from headend.engine.charging import BatchFailedError, BatchStats, charge_accounts, charge_due
 from headend.engine.reading_batches import READINGS_STORED_CHANNEL, ReadingBatchFollower, prune
+from headend.runtime.status import Status, StatusReporter
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ Connection = psycopg.Connection[Any]
 RETRY_FAILED_AFTER = timedelta(minutes=5)
 GC_FIRST_THRESHOLD = 50_000
 STOP_CHECK_S = 0.5  # a waiting runner notices `stop` within this
+# the counters of a status line, with their words
+STATUS_LABELS = {
+    "accounts": "accounts",
+    "charges": "interval charges",
+    "postings": "postings",
+    "charged_fen": "fen charged",
+    "notifications": "notifications",
+    "commands": "relay commands",
+}
 
 
 def tune_gc_for_batches() -> None:
@@ -66,7 +76,31 @@ class EngineRunner:
     catalog: Catalog = field(default_factory=Catalog)
     eager_on_grid: bool = False  # charge on-grid readings at once (prepay_engine.usage.charge_usage)
     full_sweep_s: float = 30.0
+    status_interval_s: float = 0.0  # between status lines (0: none)
     _follower: ReadingBatchFollower | None = field(default=None, init=False, repr=False)
+    _totals: BatchStats = field(default_factory=BatchStats, init=False, repr=False)
+    _status: StatusReporter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._status = StatusReporter(log, "engine", self.status_interval_s, STATUS_LABELS)
+
+    def _count(self, stats: BatchStats) -> None:
+        """Add a batch to the status line's totals; write the line when its period is over."""
+        self._totals += stats
+        self._status.tick(self._status_now)
+
+    def _status_now(self) -> Status:
+        t = self._totals
+        return Status(
+            {
+                "accounts": t.accounts,
+                "charges": t.charges,
+                "postings": t.postings,
+                "charged_fen": t.charged_fen,
+                "notifications": t.notifications,
+                "commands": t.commands,
+            }
+        )
 
     def sweep(self, stop: threading.Event | None = None) -> BatchStats:
         """Charge every account due now that no other runner holds (until `stop`, between batches)."""
@@ -92,6 +126,7 @@ class EngineRunner:
             if not taken:
                 break
             total += stats
+            self._count(stats)
             after = taken[-1]
         return total
 
@@ -104,7 +139,9 @@ class EngineRunner:
         for start in range(0, len(ids), self.batch_accounts):
             now = self.clock()
             cu = now - timedelta(seconds=self.lateness_s)
-            total += self._isolate(ids[start : start + self.batch_accounts], now, cu, wait=True)
+            stats = self._isolate(ids[start : start + self.batch_accounts], now, cu, wait=True)
+            total += stats
+            self._count(stats)
         return total
 
     def _isolate(self, ids: Sequence[str], now: datetime, cu: datetime, *, wait: bool = False) -> BatchStats:
@@ -151,7 +188,7 @@ class EngineRunner:
                 stats = self.react()
             total += stats
             if stats.accounts:
-                log.info(
+                log.debug(
                     "charged %d accounts: %d charges, %d postings, %d fen, %d notifications, %d commands in %.2f s",
                     stats.accounts,
                     stats.charges,
@@ -168,6 +205,7 @@ class EngineRunner:
     def _wait_for_readings(self, stop: threading.Event, deadline: float) -> None:
         """Until an ingest batch is announced, `deadline` (monotonic) or `stop`, whichever comes first."""
         while not stop.is_set():
+            self._status.tick(self._status_now)
             left = deadline - time.monotonic()
             if left <= 0 or wait_for_notification(self.conn, min(left, STOP_CHECK_S)):
                 return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -238,6 +240,69 @@ def test_a_running_engine_is_woken_by_a_stored_batch_between_full_sweeps(databas
             stop.set()
             thread.join(10)
     assert not thread.is_alive()  # a waiting runner notices `stop` without waiting out its poll
+
+
+def test_a_running_engine_logs_its_counters_once_a_period_and_idle_once(
+    database_url: str, conn: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "headend.engine.runner")
+    catalog = seed_catalog(conn)
+    register(conn, ["m1"])
+    _open(conn, catalog, "a1", "m1")
+    at = DAY_START + timedelta(hours=1)
+    stop = threading.Event()
+
+    def states() -> list[str]:
+        return [str(vars(r)["state"]) for r in caplog.records if r.getMessage().startswith("engine: ")]
+
+    with psycopg.connect(database_url, autocommit=True) as runner_conn:
+        runner = EngineRunner(
+            runner_conn,
+            LATENESS_S,
+            50,
+            clock=lambda: at,
+            catalog=Catalog(),
+            eager_on_grid=True,
+            full_sweep_s=3600,
+            status_interval_s=0.2,
+        )
+        thread = threading.Thread(target=runner.run, args=(stop, 0.05))
+        thread.start()
+        try:
+            wait_for(lambda: states() == ["idle"], 10, "the runner to say it is idle")
+            store_readings(conn, series("m1", DAY_START + STEP, 4, STEP, 1_000_100, 100), now=at)
+            wait_for(lambda: states() == ["idle", "running", "idle"], 10, "the charges, then idle again")
+            time.sleep(1.0)  # five periods more, idle
+        finally:
+            stop.set()
+            thread.join(10)
+    assert states() == ["idle", "running", "idle"]
+    [charged] = [vars(r) for r in caplog.records if vars(r).get("state") == "running"]
+    assert charged["period"] == charged["totals"]
+    assert charged["totals"] == {
+        "accounts": 1,
+        "charges": 4,
+        "postings": 1,
+        "charged_fen": count(conn, "SELECT sum(amount_fen) FROM usage_charges"),
+        "notifications": count(conn, "SELECT count(*) FROM notification_outbox"),
+        "commands": count(conn, "SELECT count(*) FROM command_requests"),
+    }
+    assert charged["totals"]["commands"] == 1  # the strict policy disconnects the exhausted account
+
+
+def test_a_long_sweep_logs_its_status_between_batches(conn: Conn, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "headend.engine.runner")
+    catalog = seed_catalog(conn)
+    register(conn, ["m1", "m2", "m3"])
+    for n in (1, 2, 3):
+        _open(conn, catalog, f"a{n}", f"m{n}")
+        store_readings(conn, series(f"m{n}", DAY_START + STEP, 4, STEP, 1_000_100, 100))
+    # one account a batch, and a period shorter than any batch: a line after each
+    runner = EngineRunner(conn, LATENESS_S, 1, clock=lambda: NOW, catalog=catalog, status_interval_s=1e-9)
+    assert runner.sweep().accounts == 3
+    lines = [vars(r) for r in caplog.records if r.getMessage().startswith("engine: ")]
+    assert [(line["period"]["accounts"], line["totals"]["accounts"]) for line in lines] == [(1, 1), (1, 2), (1, 3)]
+    assert [line["totals"]["charges"] for line in lines] == [4, 8, 12]
 
 
 def _waiting_after_its_first_sweep(conn: Conn) -> bool:
