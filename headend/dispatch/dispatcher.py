@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from headend.dispatch.lifecycle import (
 from headend.dispatch.mqtt_transport import SendError
 from headend.engine.accounts import recheck_before_send, record_relay_outcome
 from headend.engine.catalog import Catalog
+from headend.runtime.status import LimitedLog
 from prepay_engine.account import RelayOutcome
 from protocols.errors import ProtocolError
 from protocols.mqtt_topics import parse_topic
@@ -64,7 +65,7 @@ class DispatchConfig:
 
 @dataclass(slots=True)
 class DispatchStats:
-    """What a dispatcher step did."""
+    """What a dispatcher step did, or a dispatcher since it started."""
 
     taken: int = 0
     sent: int = 0
@@ -73,6 +74,13 @@ class DispatchStats:
     expired: int = 0
     events: int = 0
     rejected_events: int = 0
+    confirmed: int = 0  # by a meter's answer
+    failed: int = 0  # by a meter's answer
+
+    def add(self, other: DispatchStats) -> None:
+        """Add `other`'s counts to these."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 class Dispatcher:
@@ -98,6 +106,8 @@ class Dispatcher:
         self._catalog = catalog or Catalog()
         self._clock = clock
         self._since: datetime | None = None  # first intake looks at the whole outbox
+        self.totals = DispatchStats()  # since this dispatcher was made
+        self.refused_event_log = LimitedLog(log, "refused events")
 
     def step(self) -> DispatchStats:
         """Take new requests, then advance every due command once."""
@@ -110,6 +120,7 @@ class Dispatcher:
         self._since = now - timedelta(minutes=15)
         for command_id in store.due_command_ids(self._conn, now, self._config.batch):
             self._advance(command_id, stats)
+        self.totals.add(stats)
         return stats
 
     def _advance(self, command_id: str, stats: DispatchStats) -> None:
@@ -254,33 +265,50 @@ class Dispatcher:
     def handle_event(self, topic: str, payload: bytes) -> bool:
         """Apply one meter event in a transaction; False when it was refused (recorded as a dead letter)."""
         now = self._clock()
+        self.totals.events += 1
         try:
             event = decode_event(parse_topic(topic), payload)
         except ProtocolError as exc:
             self._dead_letter(topic, payload, exc.reason, now)
             return False
+        reason: str | None = None
+        moved: CommandState | None = None
         with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
             if event.command_id is None:
                 store.note_relay(
                     cur, event.meter_id, event.relay, event.ready_for_reconnection, event.ts, now, str(event.cause)
                 )
                 self._spontaneous(cur, event, now)
-                return True
-            command = store.lock_command(cur, event.command_id)
-            if command is None or command.meter_id != event.meter_id:
-                reason = f"answer to unknown command {event.command_id} of meter {event.meter_id}"
             else:
-                store.note_relay(
-                    cur, event.meter_id, event.relay, event.ready_for_reconnection, event.ts, now, command.command_id
-                )
-                self._answer(cur, command, event, now)
-                return True
-        self._dead_letter(topic, payload, reason, now)
-        return False
+                command = store.lock_command(cur, event.command_id)
+                if command is None or command.meter_id != event.meter_id:
+                    reason = f"answer to unknown command {event.command_id} of meter {event.meter_id}"
+                else:
+                    store.note_relay(
+                        cur,
+                        event.meter_id,
+                        event.relay,
+                        event.ready_for_reconnection,
+                        event.ts,
+                        now,
+                        command.command_id,
+                    )
+                    moved = self._answer(cur, command, event, now)
+        if reason is not None:
+            self._dead_letter(topic, payload, reason, now)
+            return False
+        # counted once committed
+        if moved is CommandState.CONFIRMED:
+            self.totals.confirmed += 1
+        elif moved is CommandState.FAILED:
+            self.totals.failed += 1
+        return True
 
-    def _answer(self, cur: Cursor, command: store.Command, event: MeterEvent, now: datetime) -> None:
+    def _answer(self, cur: Cursor, command: store.Command, event: MeterEvent, now: datetime) -> CommandState | None:
+        """Apply a meter's answer to its command; the state it moved the command to (None for a late answer)."""
         answer = interpret_answer(command.action, command.reconnect_mode, event)
         stamp = {"meter_ts": event.ts.isoformat(), "result": str(event.result), "relay": str(event.relay)}
+        moved: CommandState | None = None
         if command.state in OPEN_STATES and command.state is not CommandState.HELD:
             if answer.state is CommandState.CONFIRMED and command.state is not CommandState.ACKNOWLEDGED:
                 command = store.move(
@@ -303,6 +331,7 @@ class Dispatcher:
                 inputs=stamp,
                 relay=str(event.relay),
             )
+            moved = answer.state
         else:
             # a late answer (expired, superseded, cancelled): the relay's position still counts
             store.audit(
@@ -322,6 +351,7 @@ class Dispatcher:
             record_relay_outcome(cur, self._catalog, account_command, answer.outcome, now, f"meter:{event.meter_id}")
         elif command.action is RelayAction.READ_RELAY:
             self._check_position(cur, event, command.command_id, now)
+        return moved
 
     def _spontaneous(self, cur: Cursor, event: MeterEvent, now: datetime) -> None:
         cur.execute(
@@ -372,7 +402,8 @@ class Dispatcher:
             )
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str, now: datetime) -> None:
-        log.warning("refused event on %s: %s", topic, reason)
+        self.totals.rejected_events += 1
+        self.refused_event_log.log("refused event on %s: %s", topic, reason)
         self._audit_conn.execute(
             "INSERT INTO dead_letters (received_at, source, topic, payload, reason, payload_sha256) "
             "VALUES (%s, 'dispatch', %s, %s, %s, %s) ON CONFLICT DO NOTHING",

@@ -15,7 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from headend.mqtt.client import connect, make_client
+from headend.mqtt.client import ConnectionWatch, connect, make_client
 from headend.settings import Settings
 from protocols.mqtt_topics import EVENTS_FILTER, concentrator_commands_topic, meter_commands_topic
 from protocols.relay_codec import RelayCommandMessage, encode_command
@@ -35,8 +35,11 @@ class MqttTransport:
         self._timeout_s = publish_timeout_s
         self._client = make_client(settings, client_id, manual_ack=True, persistent=True)
         self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._broker = ConnectionWatch(self._client, settings, log)
+        self._closing = False
         self._inbox: queue.Queue[mqtt.MQTTMessage | None] = queue.Queue()  # None: `wake`
         self._subscribed = threading.Event()
         group = settings.mqtt_shared_group
@@ -48,6 +51,7 @@ class MqttTransport:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -55,11 +59,16 @@ class MqttTransport:
         """Whether the broker acknowledged the events subscription within the timeout."""
         return self._subscribed.wait(timeout_s)
 
+    def problem(self) -> str | None:
+        """What is wrong with the connection to the broker, for a status line; None when connected."""
+        return self._broker.problem()
+
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Any) -> None:
-        if reason.is_failure:
-            log.error("broker refused the dispatcher: %s", reason)
-            return
-        client.subscribe(self._filter, qos=1)
+        if self._broker.connect_result(reason, flags.session_present):
+            client.subscribe(self._filter, qos=1)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
+        self._broker.disconnected(reason, stopping=self._closing)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, properties: Any) -> None:
         log.info("subscribed to %s", self._filter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -18,10 +19,12 @@ from headend.dispatch.dispatcher import DispatchConfig, Dispatcher
 from headend.dispatch.lifecycle import CommandState, RetryPolicy
 from headend.dispatch.mqtt_transport import MqttTransport
 from headend.dispatch.operations import approve, request_relay_read
+from headend.dispatch.service import run_dispatcher
 from headend.dispatch.wake import wake_on_command_requests
 from headend.engine.accounts import open_account, pay
 from headend.engine.catalog import Catalog
 from headend.engine.runner import EngineRunner
+from headend.mqtt.embedded_broker import free_port
 from headend.settings import Settings
 from prepay_engine.payments import TopUp
 from prepay_engine.tariffs import SHANGHAI
@@ -31,7 +34,7 @@ from simulators.fleet import Fleet, SimConcentrator, SimMeter
 from simulators.load_shapes import MeterKind
 from simulators.publisher import BrokerConfig
 from simulators.relay_sim import RelayFault
-from tests.integration.conftest import MQTT_HOST, MQTT_PORT, count, register
+from tests.integration.conftest import MQTT_HOST, MQTT_PORT, count, register, wait_for
 from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, series, store_readings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -198,6 +201,10 @@ def test_an_exhausted_balance_disconnects_the_meter_and_the_relay_confirms_it(lo
     assert command_id.endswith(":disconnect")
     loop.until(lambda: loop.commands(loop.account(1))[0][2] == "confirmed", "the disconnect confirmed")
     assert loop.responder.relay(loop.meter(1)) is RelayState.OPEN
+    totals = loop.dispatcher.totals  # what the status lines report
+    assert (totals.taken, totals.confirmed, totals.failed, totals.rejected_events) == (1, 1, 0, 0)
+    assert totals.sent >= 1
+    assert totals.events >= 1
     assert loop.supply(loop.account(1)) == "disconnected"
     trail = store.history(loop.conn, command_id)
     assert _states(trail) == ["created", "sent", "acknowledged", "confirmed"]
@@ -256,6 +263,7 @@ def test_a_stuck_relay_fails_the_command_and_raises_an_alarm(loop_for: Callable[
     loop = loop_for(faults={1: RelayFault.STUCK})
     loop.exhaust(1)
     loop.until(lambda: loop.commands(loop.account(1))[0][2] == "failed", "the disconnect failed")
+    assert (loop.dispatcher.totals.failed, loop.dispatcher.totals.confirmed) == (1, 0)
     alarms = loop.conn.execute("SELECT kind, relay FROM relay_alarms WHERE meter_id = %s", (loop.meter(1),)).fetchall()
     assert [tuple(a) for a in alarms] == [("relay_mismatch", "closed")]
     assert loop.supply(loop.account(1)) == "connected"  # never recorded as disconnected
@@ -306,7 +314,10 @@ def test_a_disconnect_storm_waits_for_an_operator(loop_for: Callable[..., Loop])
     loop.until(lambda: store.get_command(loop.conn, held).state is CommandState.CONFIRMED, "the approved one")  # type: ignore[union-attr]
 
 
-def test_an_undecodable_or_unknown_event_is_kept_as_a_dead_letter(loop_for: Callable[..., Loop]) -> None:
+def test_an_undecodable_or_unknown_event_is_kept_as_a_dead_letter(
+    loop_for: Callable[..., Loop], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "headend.dispatch.dispatcher")
     loop = loop_for()
     assert not loop.dispatcher.handle_event(f"meters/{loop.meter(1)}/events", b'{"relay": "ajar"}')
     assert not loop.dispatcher.handle_event(
@@ -316,6 +327,10 @@ def test_an_undecodable_or_unknown_event_is_kept_as_a_dead_letter(loop_for: Call
     reasons = [r[0] for r in loop.conn.execute("SELECT reason FROM dead_letters WHERE source = 'dispatch'")]
     assert len(reasons) == 2
     assert "unknown command" in reasons[1]
+    assert (loop.dispatcher.totals.events, loop.dispatcher.totals.rejected_events) == (2, 2)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"refused event on meters/{loop.meter(1)}/events: {reason}" for reason in reasons
+    ]
 
 
 def test_a_relay_read_confirms_the_position_and_a_disagreement_raises_an_alarm(loop_for: Callable[..., Loop]) -> None:
@@ -395,3 +410,32 @@ def test_a_wake_ends_the_wait_for_meter_events_at_once(loop_for: Callable[..., L
     started = time.monotonic()
     assert loop.transport.events(30.0) == []  # the wake itself is no event
     assert time.monotonic() - started < 5
+
+
+def test_a_dispatcher_without_its_broker_says_so_and_still_stops_at_once(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "headend.dispatch")
+    port = free_port()  # nobody listens on it
+    settings = _settings(database_url, f"d{uuid.uuid4().hex[:6]}").model_copy(
+        update={"mqtt_port": port, "status_interval_s": 0.5}
+    )
+    stop = threading.Event()
+    thread = threading.Thread(target=run_dispatcher, args=(settings, database_url, stop))
+    thread.start()
+    try:
+
+        def said(text: str) -> list[logging.LogRecord]:
+            return [r for r in caplog.records if text in r.getMessage()]
+
+        wait_for(lambda: bool(said("connection refused (attempt 2;")), 15, "two refused attempts")
+        wait_for(lambda: bool(said(f"dispatch: not connected to the broker 127.0.0.1:{port}")), 5, "a status line")
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not thread.is_alive()  # the wait for the broker ends with the stop request
+    refused = said(f"cannot connect to the broker 127.0.0.1:{port}: connection refused (attempt 1;")
+    assert [r.levelno for r in refused] == [logging.WARNING]
+    status = said("dispatch: not connected")
+    assert {r.levelno for r in status} == {logging.WARNING}
+    assert vars(status[0])["totals"]["sent"] == 0
