@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, Final
 
-from alembic.script import ScriptDirectory
 from fastapi import APIRouter, FastAPI
 from psycopg_pool import ConnectionPool
 
@@ -22,7 +21,7 @@ from headend.api.errors import install_handlers, problems_as_problem_json
 from headend.api.request_guard import RefuseMalformedTargets
 from headend.api.schemas import BODY_MODELS, REF_PREFIX
 from headend.db.engine import libpq_dsn
-from headend.db.migrate import alembic_config
+from headend.db.readiness import check_schema
 from headend.settings import Settings
 
 ROUTERS: Final[tuple[APIRouter, ...]] = (
@@ -86,16 +85,6 @@ def _all_schemes_required(schema: dict[str, Any]) -> None:
                 operation["security"] = [{name: scopes for r in requirements for name, scopes in r.items()}]
 
 
-def _check_schema(pool: ConnectionPool[Any], url: str) -> None:
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    with pool.connection() as conn:
-        exists = conn.execute("SELECT to_regclass('alembic_version') IS NOT NULL").fetchone()
-        row = conn.execute("SELECT max(version_num) FROM alembic_version").fetchone() if exists and exists[0] else None
-    current = None if row is None else row[0]
-    if current != head:
-        raise RuntimeError(f"the database schema is at {current}, not {head}: run `headend migrate` first")
-
-
 def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     """The API on `settings.database_url` (which must be set), with `clock` as its notion of now."""
     url = settings.database_url
@@ -116,7 +105,8 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool.open(wait=True, timeout=POOL_OPEN_TIMEOUT_S)
         try:
-            _check_schema(pool, url)
+            with pool.connection() as conn:
+                check_schema(conn)
             yield
         finally:
             pool.close()

@@ -11,6 +11,7 @@ import psycopg
 
 from headend.db.embedded import embedded_postgres
 from headend.db.engine import connect_utc
+from headend.db.readiness import check_schema, connection_failure
 from headend.settings import Settings
 
 
@@ -26,6 +27,27 @@ def database_url(settings: Settings) -> Iterator[str]:
 
 @contextlib.contextmanager
 def connect_database(url: str) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit psycopg connection (transactions are explicit), its session in UTC, closed on exit."""
-    with connect_utc(url) as conn:
+    """An autocommit psycopg connection (transactions are explicit), its session in UTC, closed on exit.
+
+    A failure to connect is raised as DatabaseMissingError or DatabaseUnavailableError, saying what to do.
+    """
+    try:
+        conn = connect_utc(url)
+    except psycopg.OperationalError as exc:
+        raise connection_failure(url, exc) from exc
+    with conn:
         yield conn
+
+
+@contextlib.contextmanager
+def migrated_database(url: str) -> Iterator[psycopg.Connection[Any]]:
+    """`connect_database`, after checking that the schema is at this headend's revision (SchemaNotReadyError if not)."""
+    with connect_database(url) as conn:
+        check_schema(conn)
+        yield conn
+
+
+def check_database(url: str) -> None:
+    """Raise the set-up error that would stop a worker on `url`: server, database or schema not ready."""
+    with migrated_database(url):
+        pass

@@ -10,8 +10,12 @@ from typing import Any
 import psycopg
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError
+
+from headend.db.errors import InvalidDatabaseURLError
 
 SCHEMA_OPTIONS_SQL = "SELECT name, value FROM schema_options"
+_URL_FORM = "postgresql+psycopg://user:password@host:5432/database"
 
 
 class Storage(StrEnum):
@@ -37,9 +41,15 @@ class SchemaOptions:
 
 def normalise_url(url: str) -> str:
     """Force the psycopg 3 driver on a PostgreSQL URL; reject other databases clearly."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql":
-        raise ValueError(f"HEADEND_DATABASE_URL must be a PostgreSQL URL, got backend {parsed.get_backend_name()!r}")
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        # the URL itself is not repeated: it may hold a password
+        raise InvalidDatabaseURLError(f"HEADEND_DATABASE_URL is not a valid URL; expected {_URL_FORM}") from None
+    if parsed.get_backend_name() not in {"postgresql", "postgres"}:
+        raise InvalidDatabaseURLError(
+            f"HEADEND_DATABASE_URL must be a PostgreSQL URL ({_URL_FORM}), got backend {parsed.get_backend_name()!r}"
+        )
     return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 

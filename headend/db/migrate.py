@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from headend.db.engine import make_engine, normalise_url
+from headend.db.readiness import connection_failure
 
 _MIGRATION_LOCK_KEY = 0x6865_6164  # any constant: only migrators take it
 
@@ -40,7 +43,13 @@ def _locked(url: str, step: Callable[[Config], None], **attributes: object) -> N
     """Run an Alembic `step` in one transaction holding the migration lock; `attributes` reach the migrations."""
     engine = make_engine(url, pool_size=1)
     try:
-        with engine.begin() as conn:
+        try:
+            connection = engine.connect()
+        except OperationalError as exc:
+            if isinstance(exc.orig, psycopg.OperationalError):
+                raise connection_failure(url, exc.orig) from exc
+            raise
+        with connection as conn, conn.begin():
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_KEY})
             cfg = alembic_config(url)
             cfg.attributes["connection"] = conn
