@@ -38,10 +38,11 @@ def serve_command(
     import uvicorn  # only this command needs the server
 
     from headend.api.app import create_app
-    from headend.db.connection import database_url
+    from headend.db.connection import check_database, database_url
 
     settings = load_settings()
     with database_url(settings) as url:
+        check_database(url)
         app = create_app(settings.model_copy(update={"database_url": url}))
         # logging stays as `headend --log-level` configured it
         uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port, log_config=None)

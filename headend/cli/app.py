@@ -18,6 +18,7 @@ from headend.cli.common import command_group
 from headend.cli.demo import demo
 from headend.cli.dispatch import alarm_app, command_app, dispatch_command
 from headend.cli.engine import engine_command, settle_command
+from headend.cli.errors import ExplainingGroup
 from headend.cli.ingest import ingest
 from headend.cli.meters import meters_app
 from headend.cli.payments import pay_command
@@ -25,7 +26,7 @@ from headend.cli.schema import migrate
 from headend.cli.simulate import simulate
 from headend.runtime.logging import LogFormat, LogLevel, configure_logging
 
-app = command_group("Head-end and prepaid control system for electricity meters.")
+app = command_group("Head-end and prepaid control system for electricity meters.", cls=ExplainingGroup)
 app.command("migrate")(migrate)
 app.command("ingest")(ingest)
 app.add_typer(meters_app, name="meters")

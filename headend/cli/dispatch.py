@@ -18,12 +18,13 @@ def dispatch_command(
     once: Annotated[bool, typer.Option(help="Take the outbox and advance due commands once, then exit.")] = False,
 ) -> None:
     """Send relay commands from the outbox and follow the meters' answers until stopped (SIGTERM/SIGINT)."""
-    from headend.db.connection import database_url
+    from headend.db.connection import check_database, database_url
     from headend.dispatch.service import run_dispatcher
     from headend.runtime.signals import stop_on_signals
 
     settings = load_settings()
     with database_url(settings) as url, stop_on_signals() as stop:
+        check_database(url)
         totals = run_dispatcher(settings, url, stop, once=once)
     typer.echo(
         f"stopped: {totals.taken} taken, {totals.sent} sent, {totals.held} held, {totals.cancelled} cancelled, "

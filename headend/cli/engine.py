@@ -15,13 +15,13 @@ def engine_command(
     once: Annotated[bool, typer.Option(help="One sweep of the due accounts, then exit.")] = False,
 ) -> None:
     """Charge newly committed readings and apply the disconnect policy until stopped (SIGTERM/SIGINT)."""
-    from headend.db.connection import connect_database, database_url
+    from headend.db.connection import database_url, migrated_database
     from headend.engine.runner import EngineRunner, tune_gc_for_batches
     from headend.runtime.signals import stop_on_signals
 
     settings = load_settings()
     tune_gc_for_batches()
-    with database_url(settings) as url, connect_database(url) as conn, stop_on_signals() as stop:
+    with database_url(settings) as url, migrated_database(url) as conn, stop_on_signals() as stop:
         runner = EngineRunner(
             conn,
             settings.engine_lateness_s,
@@ -54,7 +54,7 @@ def settle_command(
     """Charge what is still uncharged, then report the day's usage and the accounts in arrears at its end."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from headend.db.connection import connect_database, database_url
+    from headend.db.connection import database_url, migrated_database
     from headend.engine.catalog import Catalog
     from headend.engine.runner import tune_gc_for_batches
     from headend.engine.settlement import SettlementError, settle_day, settle_workers
@@ -66,7 +66,7 @@ def settle_command(
     except (ZoneInfoNotFoundError, ValueError):
         raise typer.BadParameter(f"unknown time zone {zone!r} (an IANA name such as Asia/Shanghai)") from None
     tune_gc_for_batches()
-    with database_url(settings) as url, connect_database(url) as conn:
+    with database_url(settings) as url, migrated_database(url) as conn:
         try:
             settled = settle_day(
                 conn,
