@@ -11,7 +11,9 @@ import psycopg
 import pytest
 
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, Storage
+from headend.db.errors import TimescaleDBUnavailableError
 from headend.db.migrate import downgrade, migrate
+from headend.db.readiness import TimescaleDB, timescaledb_status
 from headend.ingest.messages import Decoded, SourcedReading
 from headend.ingest.writer import ReadingWriter
 from prepay_engine import ledger as pure_ledger
@@ -22,8 +24,14 @@ pytestmark = pytest.mark.integration
 
 
 def _timescaledb_available() -> bool:
+    """Whether new databases on the test server can load TimescaleDB (installed and preloaded)."""
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        return conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone() is not None
+        installed = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
+        preload = conn.execute("SHOW shared_preload_libraries").fetchone()
+    status = timescaledb_status(
+        created=False, installed=installed is not None, preload_libraries="" if preload is None else str(preload[0])
+    )
+    return status is TimescaleDB.LOADABLE
 
 
 TIMESCALEDB = _timescaledb_available()
@@ -62,7 +70,7 @@ def _write_one_day(conn: psycopg.Connection[Any], meter_id: str) -> None:
 
 @pytest.mark.skipif(TIMESCALEDB, reason="the timescaledb extension is available on this server")
 def test_requiring_timescaledb_fails_clearly_without_it(empty_database_url: str) -> None:
-    with pytest.raises(RuntimeError, match="timescaledb extension is not available"):
+    with pytest.raises(TimescaleDBUnavailableError, match="HEADEND_REQUIRE_TIMESCALEDB is set but"):
         migrate(empty_database_url, require_timescaledb=True, collection_timezone="Asia/Shanghai")
     with psycopg.connect(empty_database_url) as conn:
         # nothing half-made: the migration ran in one transaction
@@ -84,7 +92,7 @@ def test_plain_postgresql_path(empty_database_url: str) -> None:
         assert row == (96, 96)
 
 
-@pytest.mark.skipif(not TIMESCALEDB, reason="the timescaledb extension is not installed on this server")
+@pytest.mark.skipif(not TIMESCALEDB, reason="the timescaledb extension is not installed and preloaded on this server")
 def test_timescaledb_path(empty_database_url: str) -> None:
     migrate(empty_database_url, require_timescaledb=True, collection_timezone="Asia/Shanghai")
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
@@ -102,8 +110,10 @@ def test_timescaledb_path(empty_database_url: str) -> None:
         jobs = {
             name
             for (name,) in conn.execute(
+                # the aggregate's refresh job names the view (TimescaleDB 2.28) or its materialization hypertable
                 "SELECT proc_name FROM timescaledb_information.jobs WHERE hypertable_name IN ('readings', "
-                "(SELECT materialization_hypertable_name FROM timescaledb_information.continuous_aggregates "
+                "'collection_daily_cagg', (SELECT materialization_hypertable_name "
+                "FROM timescaledb_information.continuous_aggregates "
                 "WHERE view_name = 'collection_daily_cagg'))"
             )
         }

@@ -11,11 +11,15 @@ Revises:
 Create Date: 2026-11-22
 """
 
+import logging
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from alembic import context, op
+
+from headend.db.errors import TimescaleDBUnavailableError
+from headend.db.readiness import TimescaleDB, timescaledb_status
 
 revision: str = "0001"
 down_revision: str | None = None
@@ -43,10 +47,48 @@ def slot_bit_sql(ts_column: str, zone: str) -> str:
     return f"(B'1'::bit(96) >> (extract(hour FROM {local})::int * 4 + extract(minute FROM {local})::int / 15))"
 
 
-def _timescaledb_available() -> bool:
-    bind = op.get_bind()
-    found = bind.execute(sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")).first()
-    return found is not None
+_PRELOAD_HINT = "add timescaledb to shared_preload_libraries in postgresql.conf and restart PostgreSQL"
+
+
+def _timescaledb_usable(required: bool) -> bool:
+    """Whether TimescaleDB can be loaded here: created in this database, or installed and preloaded.
+
+    Installed but not preloaded, CREATE EXTENSION ends the session (FATAL "must be preloaded"), so that case uses
+    native partitions with a warning, or fails clearly when TimescaleDB is required.
+    """
+    created, installed, preload = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb'), "
+                "EXISTS (SELECT FROM pg_available_extensions WHERE name = 'timescaledb'), "
+                "current_setting('shared_preload_libraries')"
+            )
+        )
+        .one()
+    )
+    status = timescaledb_status(created=created, installed=installed, preload_libraries=preload)
+    if status is TimescaleDB.LOADABLE:
+        return True
+    if status is TimescaleDB.NOT_PRELOADED:
+        if required:
+            raise TimescaleDBUnavailableError(
+                "HEADEND_REQUIRE_TIMESCALEDB is set but TimescaleDB is installed on this server without being "
+                f"preloaded (shared_preload_libraries = {preload!r}); {_PRELOAD_HINT}, then migrate again"
+            )
+        logging.getLogger("headend.migrations").warning(
+            "TimescaleDB is installed on this server but not preloaded (shared_preload_libraries = %r): readings "
+            "are stored in native daily partitions instead. To use TimescaleDB, %s, then migrate a new database.",
+            preload,
+            _PRELOAD_HINT,
+        )
+        return False
+    if required:
+        raise TimescaleDBUnavailableError(
+            "HEADEND_REQUIRE_TIMESCALEDB is set but the timescaledb extension is not installed on this server; "
+            f"install TimescaleDB, {_PRELOAD_HINT}, then migrate again"
+        )
+    return False
 
 
 def _create_timescale_readings(zone: str) -> None:
@@ -115,11 +157,7 @@ def upgrade() -> None:
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError(f"unknown collection time zone {zone!r}") from None
     assert "'" not in zone
-    use_timescale = _timescaledb_available()
-    if attributes.get("require_timescaledb") and not use_timescale:
-        raise RuntimeError(
-            "HEADEND_REQUIRE_TIMESCALEDB is set but the timescaledb extension is not available on this server"
-        )
+    use_timescale = _timescaledb_usable(bool(attributes.get("require_timescaledb")))
 
     op.create_table(
         "schema_options",
