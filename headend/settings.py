@@ -90,6 +90,17 @@ class Settings(BaseSettings):
         gt=0,
         description="longest wait for events between dispatcher steps; a new command request wakes it at once",
     )
+    dispatch_event_max_age_days: int = Field(
+        default=7,
+        ge=1,
+        le=3660,
+        description="a meter event stamped longer ago is refused (too old to say where the relay is now)",
+    )
+    dispatch_answer_skew_s: int = Field(
+        default=3600,
+        ge=0,
+        description="how long before its command was issued an answer may be stamped (a meter clock running behind)",
+    )
 
     @field_validator("timezone")
     @classmethod
