@@ -56,6 +56,8 @@ ACCOUNT_COLUMNS: Final = (
     "due_at",
     "wake_at",
     "version",
+    "next_tariff_change_at",
+    "next_policy_change_at",
 )
 METER_COLUMNS: Final = (
     "account_id",

@@ -26,6 +26,7 @@ from headend.engine.account_rows import (
 )
 from headend.engine.catalog import Catalog
 from headend.engine.outbox import write_requests
+from headend.engine.plan_changes import apply_due_policy_changes
 from headend.money import ledger_store, payment_store
 from prepay_engine.account import Decided, PrepaidAccount, RelayAction, RelayCommand, RelayOutcome
 from prepay_engine.ledger import (
@@ -67,14 +68,15 @@ class PaymentResult:
     decided: Decided | None
 
 
-def _lock(cur: Cursor, account_id: str) -> dict[str, Any]:
+def _lock(cur: Cursor, account_id: str, now: datetime | None = None) -> dict[str, Any]:
+    """The account's row, locked; with `now`, under the policy in force then (its due policy changes applied)."""
     cur.execute(
         f"SELECT {', '.join(ACCOUNT_COLUMNS)} FROM prepaid_accounts WHERE account_id = %s FOR UPDATE", (account_id,)
     )
     row = cur.fetchone()
     if row is None:
         raise AccountError(f"no prepaid account {account_id!r}")
-    return row
+    return row if now is None else apply_due_policy_changes(cur, row, now)
 
 
 def _load(cur: Cursor, catalog: Catalog, row: dict[str, Any]) -> PrepaidAccount:
@@ -93,9 +95,10 @@ def _save(cur: Cursor, account: PrepaidAccount, wake_at: datetime | None) -> Non
     values[3] = None if values[3] is None else Jsonb(values[3])
     values[6] = Jsonb(values[6])
     assignments = ", ".join(f"{c} = %s" for c in STATE_COLUMNS)
+    # woken at the next policy change at the latest, whatever the decision said (headend.engine.plan_changes)
     cur.execute(
-        f"UPDATE prepaid_accounts SET {assignments}, wake_at = %s, version = version + 1, updated_at = now() "
-        "WHERE account_id = %s",
+        f"UPDATE prepaid_accounts SET {assignments}, wake_at = LEAST(%s::timestamptz, next_policy_change_at), "
+        "version = version + 1, updated_at = now() WHERE account_id = %s",
         (*values, wake_at, account.account_id),
     )
 
@@ -295,7 +298,7 @@ def set_flags(
     """Set the protected and keep-supply (保电) flags, then decide."""
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         catalog.refresh(conn)
-        account = _load(cur, catalog, _lock(cur, account_id))
+        account = _load(cur, catalog, _lock(cur, account_id, now))
         return _decide(cur, replace(account, protected=protected, keep_supply=keep_supply), now, actor)
 
 
@@ -305,7 +308,7 @@ def pay(conn: Connection, catalog: Catalog, request: TopUp, *, now: datetime, re
         catalog.refresh(conn)
         if not CUSTOMER_ID_PATTERN.fullmatch(request.customer_id):
             raise AccountError(f"no prepaid account {request.customer_id!r}")
-        account = _load(cur, catalog, _lock(cur, request.customer_id))
+        account = _load(cur, catalog, _lock(cur, request.customer_id, now))
         opened = ledger_store.open_accounts(conn, house_accounts((request.channel,)))
         if opened is not None:
             return PaymentResult(opened, None)
@@ -323,7 +326,7 @@ def reverse_payment(conn: Connection, catalog: Catalog, request: TopUpReversal, 
         if stored is None:
             outcome = payment_store.reverse_top_up(conn, request)
             return PaymentResult(outcome, None)
-        account = _load(cur, catalog, _lock(cur, stored.account_id))
+        account = _load(cur, catalog, _lock(cur, stored.account_id, now))
         outcome = payment_store.reverse_top_up(conn, request)
         if not isinstance(outcome, Reversed):
             return PaymentResult(outcome, None)
@@ -341,7 +344,7 @@ class SendCheck:
 
 def recheck_before_send(cur: Cursor, catalog: Catalog, command: RelayCommand, now: datetime) -> SendCheck:
     """Lock the account and judge its command again now: still its pending one; a disconnect still decided."""
-    row = _lock(cur, command.account_id)
+    row = _lock(cur, command.account_id, now)
     account = _load(cur, catalog, row)
     balance_fen, emergency_fen = _balances(cur, account.account_id)
     inputs: dict[str, Any] = {
@@ -372,7 +375,7 @@ def record_relay_outcome(
     cur: Cursor, catalog: Catalog, command: RelayCommand, outcome: RelayOutcome, now: datetime, actor: str
 ) -> bool:
     """Let the account's supply follow the relay, then decide (in the caller's transaction); True if it moved."""
-    account = _load(cur, catalog, _lock(cur, command.account_id))
+    account = _load(cur, catalog, _lock(cur, command.account_id, now))
     observed = account.with_command_outcome(command, outcome)
     if isinstance(observed, Rejected):
         raise AccountError(observed.detail)

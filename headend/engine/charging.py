@@ -46,6 +46,7 @@ from headend.engine.account_rows import (
 )
 from headend.engine.catalog import Catalog
 from headend.engine.outbox import write_requests
+from headend.engine.plan_changes import PendingChanges, pending_changes, save_plans
 from headend.money.ledger_store import NEXT_POSTING_SEQS_SQL, POSTING_ROW_COLUMNS, posting_row
 from prepay_engine.account import (
     CommandRequest,
@@ -63,7 +64,14 @@ from prepay_engine.ledger import (
     prepaid_account_id,
 )
 from prepay_engine.policy import SupplyState
-from prepay_engine.usage import IntervalCharge, RegisterReading, UsageEvent, UsageState, charge_usage
+from prepay_engine.usage import (
+    IntervalCharge,
+    RegisterReading,
+    TariffChange,
+    UsageEvent,
+    UsageState,
+    charge_usage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +328,8 @@ class _Work:
     account: PrepaidAccount | None = None  # built only to decide (most accounts are quiet: see `is_quiet`)
     days: tuple[tuple[Posting | None, tuple[IntervalCharge, ...]], ...] = ()  # usage postings, one per local day
     decide: bool = False
+    plan: PendingChanges | None = None  # its tariff and policy changes not yet applied, when it has any
+    replanned: bool = False  # some of them applied: its row has the codes and next changes' instants to store
 
 
 def _charge_locked(
@@ -338,6 +348,17 @@ def _charge_locked(
     # eager: readings up to now are read, those closing the next on-grid interval are charged without waiting
     events, next_ts = _usage_events(cur, rows, history, cu, now.astimezone(UTC) if eager_on_grid else cu)
 
+    # the few accounts with a tariff or policy change not yet applied (headend.engine.plan_changes); an idle one
+    # has none due: a policy change wakes its account (wake_at), a tariff change waits for charging to reach it
+    plans = pending_changes(
+        cur,
+        [
+            r["account_id"]
+            for r in rows
+            if r["next_tariff_change_at"] is not None or r["next_policy_change_at"] is not None
+        ],
+    )
+
     works: list[_Work] = []
     idle: list[dict[str, Any]] = []
     anomalies: list[tuple[str, str, datetime, str, str]] = []
@@ -352,9 +373,22 @@ def _charge_locked(
             continue
         work = _Work(account_id, row, usage_state_from_row(row, history[account_id]))
         work.decide = wake_at is not None and wake_at <= now
+        tariff_changes: Sequence[TariffChange] = ()
+        if plans and account_id in plans:
+            tariff_changes = _take_plan(work, plans[account_id], catalog, now)
+            row = work.row
         if account_events:
             tariff = catalog.tariffs[row["tariff_code"]]
-            usage = charge_usage(work.usage, account_events, tariff, complete_until=cu, eager_on_grid=eager_on_grid)
+            usage = charge_usage(
+                work.usage,
+                account_events,
+                tariff,
+                complete_until=cu,
+                eager_on_grid=eager_on_grid,
+                tariff_changes=tariff_changes,
+            )
+            if usage.tariff_changes_applied:
+                _tariff_changes_applied(work, usage.tariff_changes_applied)
             waiting = usage.state.pending_readings
             if waiting:
                 # read again from `readings` next time (they are after the anchor); they become due with the lateness
@@ -419,6 +453,9 @@ def _charge_locked(
         notifications.extend(step.notifications)
         commands.extend(step.commands)
         wake[account_id] = step.wake_at
+    planned = [w for w in works if w.plan is not None] if plans else []
+    for work in planned:
+        _wake_for_policy_change(work, wake)
 
     write_requests(cur, notifications, commands, requested_by=ENGINE_ACTOR)
     if anomalies:
@@ -427,6 +464,8 @@ def _charge_locked(
             "ON CONFLICT DO NOTHING",
             anomalies,
         )
+    # before the accounts' new state, as the checks on the next changes' instants need (see there)
+    save_plans(cur, [w.row for w in planned if w.replanned])
     _save_accounts(cur, works, wake, next_ts, cu, lateness_s)
     _reschedule_idle(cur, idle, next_ts, cu, lateness_s)
     _copy_usage_charges(cur, works)
@@ -442,6 +481,44 @@ def _charge_locked(
         commands=len(commands),
         anomalies=len(anomalies),
     )
+
+
+def _take_plan(work: _Work, plan: PendingChanges, catalog: Catalog, now: datetime) -> tuple[TariffChange, ...]:
+    """Apply the account's policy changes due by `now` to its row (its new policy decides at once); the tariff
+    changes ahead, for the charging to apply as it reaches them."""
+    due = [c for c in plan.policy if c.effective_at <= now]
+    if due:
+        work.decide = True
+        work.replanned = True
+        work.row = {
+            **work.row,
+            "policy_code": due[-1].new_code,
+            "next_policy_change_at": plan.policy[len(due)].effective_at if len(due) < len(plan.policy) else None,
+        }
+    work.plan = PendingChanges(plan.tariff, plan.policy[len(due) :])
+    return tuple(TariffChange(c.effective_at, catalog.tariffs[c.new_code]) for c in plan.tariff)
+
+
+def _tariff_changes_applied(work: _Work, applied: int) -> None:
+    """The first `applied` of the account's pending tariff changes are in force now: its row says so."""
+    assert work.plan is not None
+    tariff = work.plan.tariff
+    work.replanned = True
+    work.row = {
+        **work.row,
+        "tariff_code": tariff[applied - 1].new_code,
+        "next_tariff_change_at": tariff[applied].effective_at if applied < len(tariff) else None,
+    }
+    work.plan = PendingChanges(tariff[applied:], work.plan.policy)
+
+
+def _wake_for_policy_change(work: _Work, wake: dict[str, datetime | None]) -> None:
+    """Wake the account at its next policy change at the latest, whatever its decision said."""
+    upcoming: datetime | None = work.row["next_policy_change_at"]
+    if upcoming is None:
+        return
+    current = wake[work.account_id] if work.account_id in wake else work.row["wake_at"]
+    wake[work.account_id] = upcoming if current is None else min(current, upcoming)
 
 
 def _meter_history(cur: Cursor, account_ids: list[str]) -> dict[str, list[AccountMeter]]:
