@@ -1,4 +1,5 @@
-"""`headend account`: open prepaid accounts, replace their meters, set their flags, show them."""
+"""`headend account`: open prepaid accounts, replace their meters, set their flags, change their tariff or policy,
+show them."""
 
 from __future__ import annotations
 
@@ -118,20 +119,87 @@ def account_flags(
     print_decision(step)
 
 
+@account_app.command("change")
+def account_change(
+    account_id: Annotated[str, typer.Argument(help="Account id.")],
+    tariff: Annotated[str | None, typer.Option(help="The tariff code the account moves to.")] = None,
+    policy: Annotated[str | None, typer.Option(help="The disconnect policy the account moves to.")] = None,
+    from_: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="When it takes effect, on the 15-minute grid (ISO; local if no offset); default: the next grid "
+            "instant from now.",
+        ),
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="Who asks (recorded in the history); default: cli:<login>.")] = None,
+) -> None:
+    """Change an account's tariff or policy from a stated time; recorded in its history (`account show`)."""
+    from headend.engine.catalog import Catalog
+    from headend.engine.plan_changes import PlanChangeError, PlanChangeKind, default_actor, request_change
+
+    if (tariff is None) == (policy is None):
+        raise typer.BadParameter("give either --tariff or --policy", param_hint="--tariff / --policy")
+    settings = load_settings()
+    effective_at = None if from_ is None else instant(from_, "--from", settings.zone)
+    kind, code = (PlanChangeKind.TARIFF, tariff) if tariff is not None else (PlanChangeKind.POLICY, policy)
+    assert code is not None
+    with database(settings) as conn:
+        try:
+            change = request_change(
+                conn,
+                Catalog(),
+                account_id,
+                kind,
+                code,
+                effective_at=effective_at,
+                now=datetime.now(UTC),
+                actor=by or default_actor(),
+            )
+        except PlanChangeError as exc:
+            raise fail(str(exc)) from None
+    typer.echo(
+        f"account {account_id}: {change.kind} {change.old_code} → {change.new_code} from "
+        f"{change.effective_at.astimezone(settings.zone).isoformat()} (change #{change.change_id})"
+    )
+
+
+@account_app.command("cancel-change")
+def account_cancel_change(
+    account_id: Annotated[str, typer.Argument(help="Account id.")],
+    change_id: Annotated[int, typer.Argument(help="The pending change's number (#N in `account show`).")],
+    by: Annotated[str | None, typer.Option(help="Who cancels (recorded in the history); default: cli:<login>.")] = None,
+) -> None:
+    """Withdraw a pending tariff or policy change (the latest of its kind); the history keeps both."""
+    from headend.engine.plan_changes import PlanChangeError, cancel_change, default_actor
+
+    settings = load_settings()
+    with database(settings) as conn:
+        try:
+            change = cancel_change(conn, account_id, change_id, now=datetime.now(UTC), actor=by or default_actor())
+        except PlanChangeError as exc:
+            raise fail(str(exc)) from None
+    typer.echo(
+        f"account {account_id}: change #{change.change_id} ({change.kind} {change.old_code} → {change.new_code} "
+        f"from {change.effective_at.astimezone(settings.zone).isoformat()}) cancelled"
+    )
+
+
 @account_app.command("show")
 def account_show(
     account_id: Annotated[str, typer.Argument(help="Account id.")],
     entries: Annotated[int, typer.Option(min=0, max=1000, help="Ledger entries to list, newest first.")] = 10,
 ) -> None:
-    """Balance, supply state and the latest ledger entries of an account."""
+    """Balance, supply state, tariff and policy with their change history, and the latest ledger entries."""
+    from headend.engine.plan_changes import plan_history
     from headend.money import ledger_store
     from prepay_engine.ledger import emergency_credit_account_id, prepaid_account_id
 
     settings = load_settings()
     with database(settings) as conn:
         row = conn.execute(
-            "SELECT meter_id, supply, protected, keep_supply, charged_until, consumed_wh FROM prepaid_accounts "
-            "WHERE account_id = %s",
+            "SELECT meter_id, supply, protected, keep_supply, charged_until, consumed_wh, tariff_code, policy_code "
+            "FROM prepaid_accounts WHERE account_id = %s",
             (account_id,),
         ).fetchone()
         if row is None:
@@ -139,12 +207,30 @@ def account_show(
         balance = ledger_store.balance_fen(conn, prepaid_account_id(account_id))
         lent = ledger_store.balance_fen(conn, emergency_credit_account_id(account_id))
         history = ledger_store.history(conn, prepaid_account_id(account_id), limit=entries)
-    meter_id, supply, is_protected, keep, charged_until, consumed_wh = row
+        changes = plan_history(conn, account_id)
+    meter_id, supply, is_protected, keep, charged_until, consumed_wh, tariff_code, policy_code = row
+    zone = settings.zone
     typer.echo(f"account {account_id}  meter {meter_id}  supply {supply}  balance {yuan(balance)}")
     typer.echo(
         f"emergency credit outstanding {yuan(lent)}  protected={is_protected}  keep_supply={keep}  "
-        f"charged until {charged_until.astimezone(settings.zone).isoformat()}  consumed {consumed_wh} Wh"
+        f"charged until {charged_until.astimezone(zone).isoformat()}  consumed {consumed_wh} Wh"
     )
+    typer.echo(f"tariff {tariff_code}  policy {policy_code}")
+    if changes:
+        typer.echo(f"plan changes ({zone.key}):")
+    for c in changes:
+        cancelled = (
+            ""
+            if c.cancelled_at is None
+            else f"; cancelled {c.cancelled_at.astimezone(zone):%Y-%m-%d %H:%M:%S} by {c.cancelled_by}"
+        )
+        typer.echo(
+            f"  #{c.change_id}  {c.kind:<6}  from {c.effective_at.astimezone(zone):%Y-%m-%d %H:%M}  "
+            f"{c.old_code} → {c.new_code}  {c.state}  requested {c.requested_at.astimezone(zone):%Y-%m-%d %H:%M:%S} "
+            f"by {c.requested_by}{cancelled}"
+        )
+    if history and changes:
+        typer.echo("ledger:")
     for entry in history:
         p = entry.posting
         typer.echo(
