@@ -44,6 +44,13 @@ class Settings(BaseSettings):
     ingest_batch_rows: int = Field(default=5000, ge=1)
     ingest_batch_wait_ms: int = Field(default=50, ge=0, description="longest a message waits for its batch")
     future_tolerance_s: int = Field(default=300, ge=0, description="how far ahead of now a reading may be stamped")
+    reading_max_age_days: int = Field(
+        default=92,
+        ge=1,
+        le=3660,
+        description="how long ago a reading may be stamped; an older one is a dead letter (too old) and gets no "
+        "partition",
+    )
     partitions_ahead_days: int = Field(default=7, ge=1)
     data_dir: str = Field(default=".headend", description="where the embedded database keeps its files")
     engine_lateness_s: int = Field(
