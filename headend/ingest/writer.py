@@ -97,9 +97,12 @@ WITH staged AS (
 ), state AS (
     INSERT INTO meter_register_state AS s (meter_id, last_ts, last_energy_import_wh)
     SELECT DISTINCT ON (meter_id) meter_id, ts, energy_import_wh FROM ins ORDER BY meter_id, ts DESC
-    ON CONFLICT (meter_id) DO UPDATE SET last_ts = excluded.last_ts,
-                                         last_energy_import_wh = excluded.last_energy_import_wh
-    WHERE excluded.last_ts > s.last_ts
+    ON CONFLICT (meter_id) DO UPDATE SET
+        last_ts = greatest(s.last_ts, excluded.last_ts),
+        last_energy_import_wh = CASE WHEN excluded.last_ts > s.last_ts THEN excluded.last_energy_import_wh
+                                     ELSE s.last_energy_import_wh END,
+        -- late readings too: the engine charges the meter's account when this passes its seen_stored_seq
+        stored_seq = s.stored_seq + 1
 )
 """
 _MERGE_DAILY = """
