@@ -278,8 +278,9 @@ def replace_meter(
                 actor,
             ),
         )
+        # the stored-readings counter is the new meter's from now on: read its readings at the next look
         cur.execute(
-            "UPDATE prepaid_accounts SET meter_id = %s, version = version + 1, updated_at = now() "
+            "UPDATE prepaid_accounts SET meter_id = %s, seen_stored_seq = 0, version = version + 1, updated_at = now() "
             "WHERE account_id = %s",
             (new_meter_id, account_id),
         )

@@ -80,13 +80,16 @@ Cursor = psycopg.Cursor[Any]
 
 ENGINE_ACTOR: Final = "engine"
 # and the time of the current meter's newest stored reading: a meter with none after the batch's window needs no
-# look for its next reading
+# look for its next reading; and its stored-readings counter, read before the readings are (migration 0018): what
+# the batch reads includes every reading stored up to it, so the account has seen that far
 _ACCOUNT_SELECT: Final = ", ".join(f"a.{c}" for c in ACCOUNT_COLUMNS) + (
+    ", a.seen_stored_seq"
     ", (SELECT s.last_ts FROM meter_register_state s WHERE s.meter_id = a.meter_id) AS meter_last_ts"
+    ", (SELECT s.stored_seq FROM meter_register_state s WHERE s.meter_id = a.meter_id) AS meter_stored_seq"
 )
 _STAGE_SQL: Final = f"""
     CREATE TEMP TABLE IF NOT EXISTS engine_account_stage ON COMMIT DELETE ROWS AS
-    SELECT account_id, {", ".join(STATE_COLUMNS)}, seen_until, due_at, wake_at, NULL::bool AS decided
+    SELECT account_id, {", ".join(STATE_COLUMNS)}, seen_until, seen_stored_seq, due_at, wake_at, NULL::bool AS decided
     FROM prepaid_accounts WITH NO DATA
 """
 _STAGE_TYPES: Final = [
@@ -111,6 +114,7 @@ _STAGE_TYPES: Final = [
     "numeric",
     "int8",
     "timestamptz",
+    "int8",
     "timestamptz",
     "timestamptz",
     "bool",
@@ -169,11 +173,14 @@ class BatchFailedError(RuntimeError):
 
 
 # one condition per row, so that a scan in id order from a cursor finds the next due accounts without
-# evaluating the whole table (a UNION of the three cases costs a pass over every account per batch)
+# evaluating the whole table (a UNION of the three cases costs a pass over every account per batch). The third case:
+# the meter has readings stored since the account last read them — newer ones, or a backlog stamped before what the
+# account has seen, however long ago it was stored (the counter is durable: `reading_batches` is not)
 _DUE_ROW_SQL: Final = """
     (a.due_at <= %(now)s OR a.wake_at <= %(now)s
      OR (a.due_at IS NULL AND (a.seen_until < %(cu)s OR %(eager)s)
-         AND EXISTS (SELECT 1 FROM meter_register_state s WHERE s.meter_id = a.meter_id AND s.last_ts > a.seen_until)))
+         AND EXISTS (SELECT 1 FROM meter_register_state s
+                     WHERE s.meter_id = a.meter_id AND s.stored_seq > a.seen_stored_seq)))
 """
 
 
@@ -791,6 +798,12 @@ def _due_at(next_ts: Mapping[str, datetime], account_id: str, lateness_s: float)
     return None if following is None else following + timedelta(seconds=lateness_s)
 
 
+def _seen_stored_seq(row: Mapping[str, Any]) -> int:
+    """The account's meter's stored-readings counter as of this batch (a meter with none yet: the account's own)."""
+    stored: int | None = row["meter_stored_seq"]
+    return int(row["seen_stored_seq"]) if stored is None else stored
+
+
 def _reschedule_idle(
     cur: Cursor, rows: list[dict[str, Any]], next_ts: Mapping[str, datetime], cu: datetime, lateness_s: float
 ) -> None:
@@ -799,13 +812,16 @@ def _reschedule_idle(
         return
     cur.execute(
         """
-        UPDATE prepaid_accounts AS a SET seen_until = v.seen_until, due_at = v.due_at
-        FROM unnest(%b::text[], %b::timestamptz[], %b::timestamptz[]) AS v(account_id, seen_until, due_at)
+        UPDATE prepaid_accounts AS a SET seen_until = v.seen_until, seen_stored_seq = v.seen_stored_seq,
+            due_at = v.due_at
+        FROM unnest(%b::text[], %b::timestamptz[], %b::int8[], %b::timestamptz[])
+            AS v(account_id, seen_until, seen_stored_seq, due_at)
         WHERE a.account_id = v.account_id
         """,
         (
             [r["account_id"] for r in rows],
             [max(r["seen_until"], cu) for r in rows],
+            [_seen_stored_seq(r) for r in rows],
             [_due_at(next_ts, r["account_id"], lateness_s) for r in rows],
         ),
     )
@@ -825,8 +841,8 @@ def _save_accounts(
     cur.execute(_STAGE_SQL)
     no_decision = (None,) * len(_DECISION_COLUMNS)
     with cur.copy(
-        f"COPY engine_account_stage (account_id, {', '.join(STATE_COLUMNS)}, seen_until, due_at, wake_at, "
-        "decided) FROM STDIN (FORMAT BINARY)"
+        f"COPY engine_account_stage (account_id, {', '.join(STATE_COLUMNS)}, seen_until, seen_stored_seq, due_at, "
+        "wake_at, decided) FROM STDIN (FORMAT BINARY)"
     ) as copy:
         copy.set_types(_STAGE_TYPES)
         for work in works:
@@ -843,10 +859,12 @@ def _save_accounts(
             wake_at = wake[account_id] if account_id in wake else work.row["wake_at"]
             # eager charging may have consumed readings beyond `cu`: everything up to the anchor was fed
             seen_until = max(work.row["seen_until"], cu, work.usage.anchor_ts)
-            copy.write_row((account_id, *values, seen_until, due_at, wake_at, work.account is not None))
+            copy.write_row(
+                (account_id, *values, seen_until, _seen_stored_seq(work.row), due_at, wake_at, work.account is not None)
+            )
     assignments = ", ".join(
         [f"{c} = CASE WHEN s.decided THEN s.{c} ELSE a.{c} END" for c in _DECISION_COLUMNS]
-        + [f"{c} = s.{c}" for c in (*USAGE_COLUMNS, "seen_until", "due_at", "wake_at")]
+        + [f"{c} = s.{c}" for c in (*USAGE_COLUMNS, "seen_until", "seen_stored_seq", "due_at", "wake_at")]
     )
     cur.execute(
         f"UPDATE prepaid_accounts AS a SET {assignments}, version = a.version + 1, updated_at = now() "

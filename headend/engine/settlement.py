@@ -144,18 +144,17 @@ def settle_day(
     return settlement
 
 
-# An account with something to charge or decide: a reading it has not looked at yet (after `seen_until`) or a meter
-# replacement after its last consumed reading, up to `complete_until`; a reading that became chargeable since it
-# was looked at (`due_at`); a deferred decision whose time came. Every other account is left as it is — on a day
-# the runner kept up with, nearly all of them — so a settlement writes nothing for them: the runner's own check
-# for unseen readings compares with `seen_until` as well, and nothing after the anchor was consumed.
+# An account with something to charge or decide: readings stored since it last read its meter's (the meter's
+# stored-readings counter past the account's, migration 0018 — a backlog stamped before what it has seen included,
+# whenever it was stored); a meter replacement after its last consumed reading, up to `complete_until`; a reading
+# that became chargeable since it was looked at (`due_at`); a deferred decision whose time came. Every other account
+# is left as it is — on a day the runner kept up with, nearly all of them — so a settlement writes nothing for them.
 _HAS_WORK_SQL = """
     (a.due_at <= %(now)s OR a.wake_at <= %(now)s
+     OR EXISTS (SELECT 1 FROM meter_register_state s WHERE s.meter_id = a.meter_id AND s.stored_seq > a.seen_stored_seq)
      OR (a.seen_until < %(cu)s
-         AND (EXISTS (SELECT 1 FROM meter_register_state s WHERE s.meter_id = a.meter_id AND s.last_ts > a.seen_until)
-              OR EXISTS (SELECT 1 FROM account_meters m
-                         WHERE m.account_id = a.account_id AND m.installed_at > a.anchor_ts
-                             AND m.installed_at <= %(cu)s))))
+         AND EXISTS (SELECT 1 FROM account_meters m
+                     WHERE m.account_id = a.account_id AND m.installed_at > a.anchor_ts AND m.installed_at <= %(cu)s)))
 """
 
 
