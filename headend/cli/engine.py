@@ -16,6 +16,7 @@ def engine_command(
 ) -> None:
     """Charge newly committed readings and apply the disconnect policy until stopped (SIGTERM/SIGINT)."""
     from headend.db.connection import database_url, migrated_database
+    from headend.db.engine import connect_utc
     from headend.engine.runner import EngineRunner, tune_gc_for_batches
     from headend.runtime.signals import stop_on_signals
 
@@ -29,6 +30,8 @@ def engine_command(
             eager_on_grid=settings.engine_eager_on_grid,
             full_sweep_s=settings.engine_full_sweep_s,
             status_interval_s=settings.status_interval_s,
+            # a lost connection is replaced, with backoff; an attempt that hangs (packets dropped) ends after 10 s
+            connect=lambda: connect_utc(url, timeout_s=10),
         )
         stats = runner.sweep() if once else runner.run(stop, settings.engine_poll_s)
     typer.echo(

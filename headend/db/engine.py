@@ -63,12 +63,15 @@ def libpq_dsn(url: str) -> str:
     return make_url(normalise_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def connect_utc(url: str) -> psycopg.Connection[Any]:
+def connect_utc(url: str, *, timeout_s: int | None = None) -> psycopg.Connection[Any]:
     """An autocommit psycopg connection to `url` whose session is in UTC: timestamps come back as stored.
 
     psycopg returns a timestamptz in the session's zone; in UTC it is `datetime.UTC` itself, which the engine's
-    core takes as is (any other zone costs a conversion per reading).
+    core takes as is (any other zone costs a conversion per reading). `timeout_s` bounds the attempt.
     """
     # No JIT: the engine's statements touch a batch of rows each, but the planner prices a scan in id order with a
     # LIMIT by the whole table, and compiling took ~200 ms of a settlement batch whose query then ran in 4 ms.
-    return psycopg.connect(libpq_dsn(url), autocommit=True, options="-c TimeZone=UTC -c jit=off")
+    options = "-c TimeZone=UTC -c jit=off"
+    if timeout_s is None:
+        return psycopg.connect(libpq_dsn(url), autocommit=True, options=options)
+    return psycopg.connect(libpq_dsn(url), autocommit=True, options=options, connect_timeout=timeout_s)

@@ -163,6 +163,18 @@ class BatchStats:
             self.anomalies + other.anomalies,
         )
 
+    def __sub__(self, other: BatchStats) -> BatchStats:
+        return BatchStats(
+            self.accounts - other.accounts,
+            self.decided - other.decided,
+            self.charges - other.charges,
+            self.postings - other.postings,
+            self.charged_fen - other.charged_fen,
+            self.notifications - other.notifications,
+            self.commands - other.commands,
+            self.anomalies - other.anomalies,
+        )
+
 
 class BatchFailedError(RuntimeError):
     """Charging a batch raised; nothing of it was committed. `account_ids` were in it."""

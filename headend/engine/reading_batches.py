@@ -17,18 +17,21 @@ KEEP_FOR = timedelta(hours=1)
 
 
 class ReadingBatchFollower:
-    """Remembers which batches it has seen; each call returns the accounts of the batches committed since."""
+    """Remembers which batches it has seen; each call returns the accounts of the batches committed since.
 
-    def __init__(self, conn: Connection, window: timedelta = DEFAULT_WINDOW) -> None:
-        self._conn = conn
+    A fast path only: what it misses (a batch committed more than `window` after its transaction began, or while
+    no runner followed) the runner's sweeps find by the meters' stored-readings counters (migration 0018).
+    """
+
+    def __init__(self, window: timedelta = DEFAULT_WINDOW) -> None:
         self._window_s = window.total_seconds()
         self._seen: set[int] = set()
 
-    def new_accounts(self) -> list[str]:
+    def new_accounts(self, conn: Connection) -> list[str]:
         """Accounts whose meter has a reading stored in a batch not seen before, in id order."""
         in_window = {
             int(r[0])
-            for r in self._conn.execute(
+            for r in conn.execute(
                 "SELECT batch_id FROM reading_batches WHERE stored_at > now() - make_interval(secs => %s)",
                 (self._window_s,),
             )
@@ -39,7 +42,7 @@ class ReadingBatchFollower:
         if not fresh:
             return []
         # only the new batches' meters travel: the window holds a minute of batches
-        found = self._conn.execute(
+        found = conn.execute(
             """
             SELECT DISTINCT a.account_id
             FROM reading_batches b CROSS JOIN LATERAL unnest(b.meter_ids) AS m(meter_id)

@@ -9,6 +9,11 @@ reading not yet seen, a reading that became chargeable, a deferred disconnect wh
 `complete_until` is now minus the allowed lateness, the runner's promise to the charger that every reading
 before it has arrived. A batch that fails is split in halves until the failing account is isolated; that
 account is logged and put back for later, the others are charged.
+
+`run` survives its database: given a way to `connect`, it replaces a lost connection (its LISTEN with it), with
+backoff, saying so in its status line every period until it can charge again, and then sweeps every account at
+once, since what was announced meanwhile was lost with the connection. A batch cut off by the loss was rolled back
+by the server and is charged again, once.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ Connection = psycopg.Connection[Any]
 RETRY_FAILED_AFTER = timedelta(minutes=5)
 GC_FIRST_THRESHOLD = 50_000
 STOP_CHECK_S = 0.5  # a waiting runner notices `stop` within this
+RECONNECT_MIN_S = 0.5  # the first pause after the database failed; doubled each time it fails again
+RECONNECT_MAX_S = 10.0
 # the counters of a status line, with their words
 STATUS_LABELS = {
     "accounts": "accounts",
@@ -77,9 +84,13 @@ class EngineRunner:
     eager_on_grid: bool = False  # charge on-grid readings at once (prepay_engine.usage.charge_usage)
     full_sweep_s: float = 30.0
     status_interval_s: float = 0.0  # between status lines (0: none)
-    _follower: ReadingBatchFollower | None = field(default=None, init=False, repr=False)
+    connect: Callable[[], Connection] | None = None  # a new connection when `run` loses one (None: `run` raises)
+    _follower: ReadingBatchFollower = field(default_factory=ReadingBatchFollower, init=False, repr=False)
     _totals: BatchStats = field(default_factory=BatchStats, init=False, repr=False)
     _status: StatusReporter = field(init=False, repr=False)
+    _trouble: _Trouble | None = field(default=None, init=False, repr=False)  # why no progress is made, if so
+    _retry_s: float = field(default=RECONNECT_MIN_S, init=False, repr=False)
+    _owned: Connection | None = field(default=None, init=False, repr=False)  # opened here after a loss: closed here
 
     def __post_init__(self) -> None:
         self._status = StatusReporter(log, "engine", self.status_interval_s, STATUS_LABELS)
@@ -99,7 +110,8 @@ class EngineRunner:
                 "charged_fen": t.charged_fen,
                 "notifications": t.notifications,
                 "commands": t.commands,
-            }
+            },
+            problem=None if self._trouble is None else self._trouble.problem(),
         )
 
     def sweep(self, stop: threading.Event | None = None) -> BatchStats:
@@ -132,9 +144,7 @@ class EngineRunner:
 
     def react(self) -> BatchStats:
         """Charge the accounts of meters with readings stored since the last call (waiting for their locks)."""
-        if self._follower is None:
-            self._follower = ReadingBatchFollower(self.conn)
-        ids = self._follower.new_accounts()
+        ids = self._follower.new_accounts(self.conn)
         total = BatchStats()
         for start in range(0, len(ids), self.batch_accounts):
             now = self.clock()
@@ -173,34 +183,114 @@ class EngineRunner:
         """Until `stop`: charge new readings' accounts as they come, a full sweep every `full_sweep_s`.
 
         The runner sleeps until the ingest announces a stored batch, or `poll_s` at most (`stop` is looked at
-        between waits).
+        between waits). A lost connection is replaced through `connect`, with backoff; without `connect` the error
+        is raised.
         """
-        listen(self.conn, READINGS_STORED_CHANNEL)
-        total = BatchStats()
+        started_with = self._totals
+        listening = False
         next_sweep = time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    if not listening:
+                        listen(self.conn, READINGS_STORED_CHANNEL)
+                        listening = True
+                    stats, next_sweep = self._charge(stop, next_sweep)
+                    self._recovered()
+                    if not stats.accounts:
+                        self._wait_for_readings(stop, min(time.monotonic() + poll_s, next_sweep))
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    if self.connect is None:
+                        raise
+                    if self.conn.closed or self.conn.broken:
+                        listening = False
+                        self._reconnect(stop, exc)
+                    else:
+                        # the connection is fine, the transaction was rolled back (a deadlock, a cancelled query…)
+                        self._failing(exc, lost=False)
+                        self._back_off(stop)
+                    # what was announced while the runner could not listen is lost: everything is swept at once
+                    next_sweep = time.monotonic()
+        finally:
+            if self._owned is not None:
+                self._owned.close()
+                self._owned = None
+        return self._totals - started_with
+
+    def _charge(self, stop: threading.Event, next_sweep: float) -> tuple[BatchStats, float]:
+        """React to stored batches, and sweep when a sweep is due; what was charged, and when to sweep next."""
+        started = time.monotonic()
+        if started >= next_sweep:
+            stats = self.sweep(stop) + self.react()
+            prune(self.conn)
+            next_sweep = started + self.full_sweep_s
+        else:
+            stats = self.react()
+        if stats.accounts:
+            log.debug(
+                "charged %d accounts: %d charges, %d postings, %d fen, %d notifications, %d commands in %.2f s",
+                stats.accounts,
+                stats.charges,
+                stats.postings,
+                stats.charged_fen,
+                stats.notifications,
+                stats.commands,
+                time.monotonic() - started,
+            )
+        return stats, next_sweep
+
+    def _recovered(self) -> None:
+        """The database took a step of work: whatever failed before is over."""
+        if self._trouble is not None:
+            log.info("charging again after %.1f s", time.monotonic() - self._trouble.since)
+            self._trouble = None
+        self._retry_s = RECONNECT_MIN_S
+
+    def _reconnect(self, stop: threading.Event, lost: Exception) -> None:
+        """Replace the lost connection, with backoff, until connected or `stop`."""
+        assert self.connect is not None
+        self._failing(lost, lost=True)
+        try:
+            self.conn.close()
+        except psycopg.Error:
+            log.debug("closing the lost connection failed", exc_info=True)
+        self._owned = None
+        while True:
+            self._back_off(stop)
+            if stop.is_set():
+                return
+            try:
+                conn = self.connect()
+            except psycopg.Error as exc:
+                self._failing(exc, lost=True)
+                continue
+            self.conn = self._owned = conn
+            log.info("reconnected to the database; sweeping every account")
+            return
+
+    def _failing(self, exc: Exception, *, lost: bool) -> None:
+        """Note (and log) that the database failed the runner."""
+        trouble = self._trouble
+        if trouble is None:
+            self._trouble = trouble = _Trouble(time.monotonic(), lost, _reason(exc))
+            what = "lost the database connection" if lost else "the database failed a batch"
+            log.warning("%s (%s); trying again in %.1f s", what, trouble.reason, self._retry_s)
+        else:
+            trouble.attempts += 1
+            trouble.lost = trouble.lost or lost
+            trouble.reason = _reason(exc)
+            log.warning("the database is still failing (%s); trying again in %.1f s", trouble.reason, self._retry_s)
+
+    def _back_off(self, stop: threading.Event) -> None:
+        """Pause (longer each time in a row, up to RECONNECT_MAX_S), or until `stop`; the status line says why."""
+        deadline = time.monotonic() + self._retry_s
+        self._retry_s = min(self._retry_s * 2, RECONNECT_MAX_S)
         while not stop.is_set():
-            started = time.monotonic()
-            if started >= next_sweep:
-                stats = self.sweep(stop) + self.react()
-                prune(self.conn)
-                next_sweep = started + self.full_sweep_s
-            else:
-                stats = self.react()
-            total += stats
-            if stats.accounts:
-                log.debug(
-                    "charged %d accounts: %d charges, %d postings, %d fen, %d notifications, %d commands in %.2f s",
-                    stats.accounts,
-                    stats.charges,
-                    stats.postings,
-                    stats.charged_fen,
-                    stats.notifications,
-                    stats.commands,
-                    time.monotonic() - started,
-                )
-            else:
-                self._wait_for_readings(stop, min(time.monotonic() + poll_s, next_sweep))
-        return total
+            self._status.tick(self._status_now)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            stop.wait(min(left, STOP_CHECK_S))
 
     def _wait_for_readings(self, stop: threading.Event, deadline: float) -> None:
         """Until an ingest batch is announced, `deadline` (monotonic) or `stop`, whichever comes first."""
@@ -209,3 +299,29 @@ class EngineRunner:
             left = deadline - time.monotonic()
             if left <= 0 or wait_for_notification(self.conn, min(left, STOP_CHECK_S)):
                 return
+
+
+@dataclass(slots=True)
+class _Trouble:
+    """The database failing the runner: since when, whether the connection was lost, the latest reason."""
+
+    since: float  # monotonic
+    lost: bool
+    reason: str
+    attempts: int = 0  # failed again since (reconnections refused, batches failed)
+
+    def problem(self) -> str:
+        """The words of the status line."""
+        seconds = time.monotonic() - self.since
+        if self.lost:
+            return (
+                f"database connection lost {seconds:.0f} s ago ({self.reason}), {self.attempts} reconnection "
+                "attempts failed since; nothing is charged until it is back"
+            )
+        return f"database failing for {seconds:.0f} s ({self.reason}), {self.attempts} retries failed since"
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an error's message, or its type when it has none."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
