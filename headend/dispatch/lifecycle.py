@@ -83,6 +83,38 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class EventWindow:
+    """When a meter event may be stamped to be applied: a forged or wild clock must not pin a relay's state.
+
+    Never later than now plus `future_tolerance` (the readings' HEADEND_FUTURE_TOLERANCE_S), never older than
+    `max_age`, and an answer never earlier than its command's issue time less `answer_skew` (a clock running behind).
+    """
+
+    future_tolerance: timedelta = timedelta(minutes=5)
+    max_age: timedelta = timedelta(days=7)
+    answer_skew: timedelta = timedelta(hours=1)
+
+    def refusal(self, ts: datetime, now: datetime, issued_at: datetime | None = None) -> str | None:
+        """Why an event stamped `ts` is refused at `now` (answering a command issued at `issued_at`); None if not."""
+        assert now.utcoffset() is not None
+        # comparing aware datetimes subtracts their offsets into a timedelta: no overflow, whatever the year
+        if ts > now + self.future_tolerance:
+            return f"ts {ts.isoformat()} is more than {_seconds(self.future_tolerance)} s in the future"
+        if ts < now - self.max_age:
+            return f"ts {ts.isoformat()} is more than {self.max_age / timedelta(days=1):g} days old"
+        if issued_at is not None and ts < issued_at - self.answer_skew:
+            return (
+                f"ts {ts.isoformat()} is more than {_seconds(self.answer_skew)} s before its command was issued "
+                f"({issued_at.isoformat()})"
+            )
+        return None
+
+
+def _seconds(span: timedelta) -> int:
+    return int(span.total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """What a meter's answer to a command means: the new state, the account's outcome, an alarm if any."""
 

@@ -11,6 +11,7 @@ from headend.dispatch.lifecycle import (
     TERMINAL,
     AlarmKind,
     CommandState,
+    EventWindow,
     ReconnectMode,
     RetryPolicy,
     can_move,
@@ -162,3 +163,48 @@ def test_expected_relay_of_each_supply_state() -> None:
     assert expected_relay("connected") is RelayState.CLOSED
     assert expected_relay("disconnected") is RelayState.OPEN
     assert expected_relay("reconnect_allowed") is None
+
+
+WINDOW = EventWindow(timedelta(seconds=300), timedelta(days=7), timedelta(hours=1))
+
+
+def test_an_event_inside_the_window_is_applied_up_to_its_edges() -> None:
+    assert WINDOW.refusal(TS, TS) is None
+    assert WINDOW.refusal(TS + timedelta(seconds=300), TS) is None
+    assert WINDOW.refusal(TS - timedelta(days=7), TS) is None
+    issued = TS - timedelta(minutes=5)
+    assert WINDOW.refusal(issued - timedelta(hours=1), TS, issued) is None
+
+
+@pytest.mark.parametrize(
+    ("ts", "issued_at", "reason"),
+    [
+        (TS + timedelta(seconds=301), None, "ts 2026-11-22T08:05:01+00:00 is more than 300 s in the future"),
+        (datetime(2099, 1, 1, tzinfo=UTC), TS, "ts 2099-01-01T00:00:00+00:00 is more than 300 s in the future"),
+        (TS - timedelta(days=7, seconds=1), None, "ts 2026-11-15T07:59:59+00:00 is more than 7 days old"),
+        (
+            TS - timedelta(hours=1, seconds=1),
+            TS,
+            "ts 2026-11-22T06:59:59+00:00 is more than 3600 s before its command was issued "
+            "(2026-11-22T08:00:00+00:00)",
+        ),
+    ],
+)
+def test_an_event_outside_the_window_is_refused_with_its_reason(
+    ts: datetime, issued_at: datetime | None, reason: str
+) -> None:
+    assert WINDOW.refusal(ts, TS, issued_at) == reason
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        datetime.fromisoformat("0001-01-01T00:00:00+23:59"),
+        datetime.fromisoformat("9999-12-31T23:59:59.999999-23:59"),
+        datetime.min.replace(tzinfo=UTC),
+        datetime.max.replace(tzinfo=UTC),
+    ],
+)
+def test_times_at_the_edge_of_datetime_are_refused_without_overflow(ts: datetime) -> None:
+    # the first two cannot even be converted to UTC: the window compares, it never converts
+    assert WINDOW.refusal(ts, TS, TS) is not None
