@@ -18,11 +18,13 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.rows import dict_row
 
+from headend.db.text import storable
 from headend.dispatch import store
 from headend.dispatch.lifecycle import (
     OPEN_STATES,
     AlarmKind,
     CommandState,
+    EventWindow,
     RetryPolicy,
     expected_relay,
     interpret_answer,
@@ -42,6 +44,11 @@ log = logging.getLogger(__name__)
 Connection = psycopg.Connection[Any]
 Cursor = store.Cursor
 DISPATCHER_ACTOR = "dispatcher"
+REASON_MAX_CHARS = 1000
+# SQLSTATE classes of errors an event's content causes (as ingest judges rows): 22 data exception, 23 integrity
+# constraint violation, 54 program limit exceeded. Any other is the database's (08 connection, 40 rollback,
+# 53 resources, 57 operator intervention …): the event is retried once the database is back, never refused for it.
+_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 
 
 class CommandSender(Protocol):
@@ -61,6 +68,7 @@ class DispatchConfig:
     storm_limit: int = 500  # disconnects first sent within `storm_window`; beyond it they wait for approval
     storm_window: timedelta = timedelta(minutes=10)
     batch: int = 200
+    window: EventWindow = field(default_factory=EventWindow)  # when a meter event may be stamped
 
 
 @dataclass(slots=True)
@@ -108,6 +116,13 @@ class Dispatcher:
         self._since: datetime | None = None  # first intake looks at the whole outbox
         self.totals = DispatchStats()  # since this dispatcher was made
         self.refused_event_log = LimitedLog(log, "refused events")
+
+    def use_connections(self, conn: Connection, audit_conn: Connection) -> None:
+        """Go on with new connections after the database was lost; the next intake looks at the whole outbox."""
+        assert audit_conn.autocommit, "send audit records must be durable before the send"
+        self._conn = conn
+        self._audit_conn = audit_conn
+        self._since = None
 
     def step(self) -> DispatchStats:
         """Take new requests, then advance every due command once."""
@@ -263,52 +278,78 @@ class Dispatcher:
     # --- meter events ----------------------------------------------------------------------------------------
 
     def handle_event(self, topic: str, payload: bytes) -> bool:
-        """Apply one meter event in a transaction; False when it was refused (recorded as a dead letter)."""
+        """Apply one meter event in a transaction of its own; False when it was refused (kept as a dead letter).
+
+        Whatever the message holds, it ends applied or as a dead letter with its reason: an error its content
+        causes is rolled back and recorded. Only the database's own failures (a lost connection …) are raised, with
+        nothing of the event committed: the caller retries it once the database is back.
+        """
         now = self._clock()
-        self.totals.events += 1
         try:
             event = decode_event(parse_topic(topic), payload)
         except ProtocolError as exc:
-            self._dead_letter(topic, payload, exc.reason, now)
-            return False
-        reason: str | None = None
-        moved: CommandState | None = None
-        with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
-            if event.command_id is None:
-                store.note_relay(
-                    cur, event.meter_id, event.relay, event.ready_for_reconnection, event.ts, now, str(event.cause)
-                )
-                self._spontaneous(cur, event, now)
-            else:
-                command = store.lock_command(cur, event.command_id)
-                if command is None or command.meter_id != event.meter_id:
-                    reason = f"answer to unknown command {event.command_id} of meter {event.meter_id}"
-                else:
-                    store.note_relay(
-                        cur,
-                        event.meter_id,
-                        event.relay,
-                        event.ready_for_reconnection,
-                        event.ts,
-                        now,
-                        command.command_id,
-                    )
-                    moved = self._answer(cur, command, event, now)
+            return self._refuse(topic, payload, exc.reason, now)
+        try:
+            with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
+                reason, moved = self._apply(cur, event, now)
+        except Exception as exc:
+            if isinstance(exc, psycopg.Error) and not is_data_fault(exc):
+                raise
+            reason, moved = refusal_reason(exc), None
+            if not is_data_fault(exc):
+                # a bug, most likely: refused all the same, so that one kind of event cannot stop every reconnect
+                log.exception("event on %s could not be applied", storable(topic, REASON_MAX_CHARS))
         if reason is not None:
-            self._dead_letter(topic, payload, reason, now)
-            return False
+            return self._refuse(topic, payload, reason, now)
         # counted once committed
+        self.totals.events += 1
         if moved is CommandState.CONFIRMED:
             self.totals.confirmed += 1
         elif moved is CommandState.FAILED:
             self.totals.failed += 1
         return True
 
+    def refuse_event(self, topic: str, payload: bytes, reason: str) -> None:
+        """Keep an event that cannot be applied as a dead letter with `reason` (e.g. after repeated failures)."""
+        self._refuse(topic, payload, reason, self._clock())
+
+    def _apply(self, cur: Cursor, event: MeterEvent, now: datetime) -> tuple[str | None, CommandState | None]:
+        """Apply a decoded event: why it is refused (nothing written), or the state it moved a command to."""
+        window = self._config.window
+        if event.command_id is None:
+            if not store.meter_known(cur, event.meter_id):
+                return f"unknown meter {event.meter_id!r}", None
+            refusal = window.refusal(event.ts, now)
+            if refusal is not None:
+                return refusal, None
+            source = str(event.cause)
+            if store.relay_noted(cur, event.meter_id, event.relay, event.ready_for_reconnection, event.ts, source):
+                return None, None  # delivered again: applied already
+            store.note_relay(cur, event.meter_id, event.relay, event.ready_for_reconnection, event.ts, now, source)
+            self._spontaneous(cur, event, now)
+            return None, None
+        # a command's meter is registered (a foreign key): an answer from an unknown meter answers no command of ours
+        command = store.lock_command(cur, event.command_id)
+        if command is None or command.meter_id != event.meter_id:
+            return f"answer to unknown command {event.command_id} of meter {event.meter_id}", None
+        refusal = window.refusal(event.ts, now, command.issued_at)
+        if refusal is not None:
+            return refusal, None
+        store.note_relay(
+            cur, event.meter_id, event.relay, event.ready_for_reconnection, event.ts, now, command.command_id
+        )
+        return None, self._answer(cur, command, event, now)
+
     def _answer(self, cur: Cursor, command: store.Command, event: MeterEvent, now: datetime) -> CommandState | None:
         """Apply a meter's answer to its command; the state it moved the command to (None for a late answer)."""
         answer = interpret_answer(command.action, command.reconnect_mode, event)
+        # the meter's own words (its detail) reach text columns
+        detail = storable(answer.detail)
         stamp = {"meter_ts": event.ts.isoformat(), "result": str(event.result), "relay": str(event.relay)}
+        actor = f"meter:{event.meter_id}"
         moved: CommandState | None = None
+        if command.state not in OPEN_STATES and store.answer_recorded(cur, command.command_id, actor, stamp):
+            return None  # the same answer delivered again (its acknowledgement was lost): applied already
         if command.state in OPEN_STATES and command.state is not CommandState.HELD:
             if answer.state is CommandState.CONFIRMED and command.state is not CommandState.ACKNOWLEDGED:
                 command = store.move(
@@ -316,7 +357,7 @@ class Dispatcher:
                     command,
                     CommandState.ACKNOWLEDGED,
                     now,
-                    actor=f"meter:{event.meter_id}",
+                    actor=actor,
                     detail="executed",
                     inputs=stamp,
                     acknowledged_at=now,
@@ -326,8 +367,8 @@ class Dispatcher:
                 command,
                 answer.state,
                 now,
-                actor=f"meter:{event.meter_id}",
-                detail=answer.detail,
+                actor=actor,
+                detail=detail,
                 inputs=stamp,
                 relay=str(event.relay),
             )
@@ -340,15 +381,15 @@ class Dispatcher:
                 now,
                 command.state,
                 command.state,
-                f"meter:{event.meter_id}",
-                f"late answer: {answer.detail}",
+                actor,
+                f"late answer: {detail}",
                 stamp,
             )
         if answer.alarm is not None:
-            store.raise_alarm(cur, command.meter_id, command.command_id, answer.alarm, event.relay, answer.detail, now)
+            store.raise_alarm(cur, command.meter_id, command.command_id, answer.alarm, event.relay, detail, now)
         account_command = command.account_command
         if account_command is not None and answer.outcome is not None:
-            record_relay_outcome(cur, self._catalog, account_command, answer.outcome, now, f"meter:{event.meter_id}")
+            record_relay_outcome(cur, self._catalog, account_command, answer.outcome, now, actor)
         elif command.action is RelayAction.READ_RELAY:
             self._check_position(cur, event, command.command_id, now)
         return moved
@@ -401,11 +442,34 @@ class Dispatcher:
                 now,
             )
 
-    def _dead_letter(self, topic: str, payload: bytes, reason: str, now: datetime) -> None:
-        self.totals.rejected_events += 1
-        self.refused_event_log.log("refused event on %s: %s", topic, reason)
+    def _refuse(self, topic: str, payload: bytes, reason: str, now: datetime) -> bool:
+        topic_text, reason_text = storable(topic, REASON_MAX_CHARS), storable(reason, REASON_MAX_CHARS)
+        # the same message refused twice (delivered again) is kept once
         self._audit_conn.execute(
             "INSERT INTO dead_letters (received_at, source, topic, payload, reason, payload_sha256) "
             "VALUES (%s, 'dispatch', %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (now, topic, payload, reason, hashlib.sha256(payload).digest()),
+            (now, topic_text, payload, reason_text, hashlib.sha256(payload).digest()),
         )
+        self.totals.events += 1
+        self.totals.rejected_events += 1
+        self.refused_event_log.log("refused event on %s: %s", topic_text, reason_text)
+        return False
+
+
+def is_data_fault(exc: BaseException) -> bool:
+    """Whether `exc`, raised while applying an event, is the fault of what the event holds (it would fail again)."""
+    if isinstance(exc, psycopg.Error):
+        if exc.sqlstate is not None:
+            return exc.sqlstate[:2] in _DATA_SQLSTATE_CLASSES
+        return isinstance(exc, psycopg.DataError)  # refused before it was sent, e.g. NUL in a text parameter
+    # raised on the way to the database by a conversion (an encoder, a dumper, datetime arithmetic)
+    return isinstance(exc, ValueError | TypeError | ArithmeticError | RecursionError)
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """A dead letter's reason for an event whose handling raised: the error's first line (and SQLSTATE)."""
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    if isinstance(exc, psycopg.Error):
+        sqlstate = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
+        return storable(f"refused by the database: {first_line}{sqlstate}", REASON_MAX_CHARS)
+    return storable(f"could not be applied: {type(exc).__name__}: {first_line}", REASON_MAX_CHARS)

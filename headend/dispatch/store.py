@@ -432,6 +432,34 @@ def note_relay(
     )
 
 
+def relay_noted(cur: Cursor, meter_id: str, relay: RelayState, armed: bool, reported_at: datetime, source: str) -> bool:
+    """Whether this very report (same meter time, position and source) is the meter's last one kept."""
+    cur.execute(
+        "SELECT EXISTS (SELECT FROM meter_relays WHERE meter_id = %s AND relay = %s AND ready_for_reconnection = %s "
+        "AND reported_at = %s AND source = %s) AS noted",
+        (meter_id, str(relay), armed, reported_at, source),
+    )
+    row = cur.fetchone()
+    return bool(row and row["noted"])
+
+
+def answer_recorded(cur: Cursor, command_id: str, actor: str, stamp: dict[str, Any]) -> bool:
+    """Whether the command's audit trail already holds this answer of the meter (same meter time, result, relay)."""
+    cur.execute(
+        "SELECT EXISTS (SELECT FROM command_audit WHERE command_id = %s AND actor = %s AND inputs @> %s) AS recorded",
+        (command_id, actor, Jsonb(stamp)),
+    )
+    row = cur.fetchone()
+    return bool(row and row["recorded"])
+
+
+def meter_known(cur: Cursor, meter_id: str) -> bool:
+    """Whether the meter is registered."""
+    cur.execute("SELECT EXISTS (SELECT FROM meters WHERE meter_id = %s) AS known", (meter_id,))
+    row = cur.fetchone()
+    return bool(row and row["known"])
+
+
 @dataclass(frozen=True, slots=True)
 class RelayPosition:
     """The relay position a meter last reported, by its clock."""

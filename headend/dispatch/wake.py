@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Protocol
 
 import psycopg
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 # the channel migration 0013's trigger on command_requests notifies, once per writing transaction
 COMMAND_REQUESTS_CHANNEL = "headend_command_requests"
 CHECK_S = 0.5  # the listener notices a stop within this
+RETRY_FIRST_S = 0.5
+RETRY_MAX_S = 30.0
 
 
 class Wakeable(Protocol):
@@ -28,21 +31,40 @@ class Wakeable(Protocol):
 def wake_on_command_requests(url: str, target: Wakeable, *stops: threading.Event) -> None:
     """Until one of `stops` is set: `target.wake()` for each committed batch of command requests; once more at the end.
 
-    A lost database connection is logged and reopened a second later; meanwhile the dispatcher's poll stands in.
+    A lost database connection is logged and reopened after a pause that doubles from RETRY_FIRST_S to RETRY_MAX_S;
+    meanwhile the dispatcher's poll stands in, and a wake follows each new LISTEN (requests may have been committed
+    while nobody listened).
     """
     assert stops, "the listener needs a way to stop"
 
     def stopping() -> bool:
         return any(s.is_set() for s in stops)
 
+    failures = 0
     while not stopping():
         try:
             with connect_utc(url) as conn:
                 listen(conn, COMMAND_REQUESTS_CHANNEL)
+                if failures:
+                    log.info("listening for command requests again after %d failure(s)", failures)
+                    failures = 0
+                    target.wake()
                 while not stopping():
                     if wait_for_notification(conn, CHECK_S):
                         target.wake()
-        except psycopg.OperationalError:
-            log.warning("lost the database while listening for command requests; retrying", exc_info=True)
-            stops[0].wait(1.0)
+        except psycopg.Error as exc:
+            failures += 1
+            pause_s = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(failures - 1, 16))
+            log.warning(
+                "lost the database while listening for command requests (%s); retrying in %.1f s",
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                pause_s,
+            )
+            _wait_any(stops, pause_s)
     target.wake()
+
+
+def _wait_any(stops: tuple[threading.Event, ...], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0 and not any(s.is_set() for s in stops):
+        stops[0].wait(min(left, CHECK_S))
