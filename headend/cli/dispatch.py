@@ -27,8 +27,9 @@ def dispatch_command(
         check_database(url)
         totals = run_dispatcher(settings, url, stop, once=once)
     typer.echo(
-        f"stopped: {totals.taken} taken, {totals.sent} sent, {totals.held} held, {totals.cancelled} cancelled, "
-        f"{totals.expired} expired, {totals.events} events ({totals.rejected_events} refused)"
+        f"stopped: {totals.taken} taken, {totals.sent} sent, {totals.confirmed} confirmed, {totals.failed} failed, "
+        f"{totals.held} held, {totals.cancelled} cancelled, {totals.expired} expired, "
+        f"{totals.events} events ({totals.rejected_events} refused)"
     )
 
 
