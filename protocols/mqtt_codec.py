@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -19,10 +19,44 @@ from protocols.readings import (
 
 MAX_REGISTER_WH = 2**63 - 1
 MAX_VOLTAGE_V = 100_000.0
+# one reading, with every field, is under 400 bytes; 1,024 of them in a concentrator message under 400 KiB
+MAX_METER_PAYLOAD_BYTES = 4096
+MAX_CONCENTRATOR_PAYLOAD_BYTES = 1_048_576
+MAX_REASON_VALUE_CHARS = 64  # of a value quoted in a reason: what was sent, recognisably, not all of it
+MAX_REASON_NAMES = 10  # unknown field names listed in a reason, each cut to MAX_REASON_NAME_CHARS
+MAX_REASON_NAME_CHARS = 32
 _BATCH_FIELDS = frozenset({"sent_at", "readings"})
 _READING_FIELDS = frozenset(
     {"meter_id", "ts", "energy_import_wh", "energy_export_wh", "power_w", "voltage_v", "relay", "seq"}
 )
+
+
+def shown(value: object) -> str:
+    """`value` as a reason quotes it: a scalar's repr cut to MAX_REASON_VALUE_CHARS, a container by its kind."""
+    if isinstance(value, list):
+        return "a JSON array"
+    if isinstance(value, dict):
+        return "a JSON object"
+    text = repr(value)  # escapes NUL, control characters and lone surrogates
+    if len(text) > MAX_REASON_VALUE_CHARS:
+        return text[: MAX_REASON_VALUE_CHARS - 1] + "…"
+    return text
+
+
+def _names(names: Iterable[str]) -> str:
+    """Field names for a reason: sorted, the first MAX_REASON_NAMES of them, each escaped and cut."""
+    ordered = sorted(names)
+    listed = []
+    for name in ordered[:MAX_REASON_NAMES]:
+        text = name if name.isprintable() else repr(name)[1:-1]
+        listed.append(text if len(text) <= MAX_REASON_NAME_CHARS else text[: MAX_REASON_NAME_CHARS - 1] + "…")
+    more = len(ordered) - len(listed)
+    return ", ".join(listed) + (f" and {more} more" if more else "")
+
+
+def _check_size(payload: bytes, limit: int) -> None:
+    if len(payload) > limit:
+        raise PayloadError(f"payload of {len(payload)} bytes exceeds the limit of {limit} bytes")
 
 
 def load_object(payload: bytes) -> dict[str, Any]:
@@ -46,9 +80,9 @@ def parse_timestamp(value: object, field: str = "ts") -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise PayloadError(f"{field} {value!r} is not ISO 8601") from None
+        raise PayloadError(f"{field} {shown(value)} is not ISO 8601") from None
     if parsed.utcoffset() is None:
-        raise PayloadError(f"{field} {value!r} has no UTC offset (naive time is rejected)")
+        raise PayloadError(f"{field} {shown(value)} has no UTC offset (naive time is rejected)")
     return parsed
 
 
@@ -60,27 +94,27 @@ def _int_field(obj: Mapping[str, Any], field: str, *, required: bool, low: int, 
         return None
     # bool is an int subclass in Python; true/false is never a register value
     if isinstance(value, bool) or not isinstance(value, int):
-        raise PayloadError(f"{field} must be an integer, got {value!r}")
+        raise PayloadError(f"{field} must be an integer, got {shown(value)}")
     if not low <= value <= high:
-        raise PayloadError(f"{field} {value} is outside {low}..{high}")
+        raise PayloadError(f"{field} {shown(value)} is outside {low}..{high}")
     return value
 
 
 def _reading_from_object(obj: Mapping[str, Any], meter_id: str) -> MeterReading:
     unknown = obj.keys() - _READING_FIELDS
     if unknown:
-        raise PayloadError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise PayloadError(f"unknown field(s): {_names(unknown)}")
     energy_import_wh = _int_field(obj, "energy_import_wh", required=True, low=0, high=MAX_REGISTER_WH)
     assert energy_import_wh is not None
     voltage = obj.get("voltage_v")
     if voltage is not None:
         if isinstance(voltage, bool) or not isinstance(voltage, int | float):
-            raise PayloadError(f"voltage_v must be a number, got {voltage!r}")
+            raise PayloadError(f"voltage_v must be a number, got {shown(voltage)}")
         if not 0 <= voltage <= MAX_VOLTAGE_V:
-            raise PayloadError(f"voltage_v {voltage} is outside 0..{MAX_VOLTAGE_V:g}")
+            raise PayloadError(f"voltage_v {shown(voltage)} is outside 0..{MAX_VOLTAGE_V:g}")
     relay = obj.get("relay")
     if relay is not None and relay not in ("closed", "open"):
-        raise PayloadError(f"relay must be 'closed' or 'open', got {relay!r}")
+        raise PayloadError(f"relay must be 'closed' or 'open', got {shown(relay)}")
     return MeterReading(
         meter_id=meter_id,
         ts=parse_timestamp(obj.get("ts")),
@@ -95,18 +129,20 @@ def _reading_from_object(obj: Mapping[str, Any], meter_id: str) -> MeterReading:
 
 def decode_meter_reading(meter_id: str, payload: bytes) -> MeterReading:
     """Decode the payload of `meters/{meter_id}/readings`."""
+    _check_size(payload, MAX_METER_PAYLOAD_BYTES)
     obj = load_object(payload)
     if "meter_id" in obj and obj["meter_id"] != meter_id:
-        raise PayloadError(f"meter_id {obj['meter_id']!r} in payload differs from topic {meter_id!r}")
+        raise PayloadError(f"meter_id {shown(obj['meter_id'])} in payload differs from topic {meter_id!r}")
     return _reading_from_object(obj, meter_id)
 
 
 def decode_concentrator_batch(dcu_id: str, payload: bytes) -> ConcentratorBatch:
     """Decode the payload of `concentrators/{dcu_id}/readings`, keeping bad entries apart."""
+    _check_size(payload, MAX_CONCENTRATOR_PAYLOAD_BYTES)
     obj = load_object(payload)
     unknown = obj.keys() - _BATCH_FIELDS
     if unknown:
-        raise PayloadError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        raise PayloadError(f"unknown field(s): {_names(unknown)}")
     sent_at = parse_timestamp(obj.get("sent_at"), "sent_at")
     items = obj.get("readings")
     if not isinstance(items, list):
@@ -121,7 +157,7 @@ def decode_concentrator_batch(dcu_id: str, payload: bytes) -> ConcentratorBatch:
                 raise PayloadError("entry is not a JSON object")
             meter_id = item.get("meter_id")
             if not isinstance(meter_id, str) or not is_valid_id(meter_id):
-                raise PayloadError(f"meter_id {meter_id!r} does not match [A-Za-z0-9_-]{{1,32}}")
+                raise PayloadError(f"meter_id {shown(meter_id)} does not match [A-Za-z0-9_-]{{1,32}}")
             good.append(_reading_from_object(item, meter_id))
         except PayloadError as exc:
             bad.append(ItemError(index, exc.reason, item))

@@ -13,6 +13,9 @@ from hypothesis import strategies as st
 
 from protocols.errors import PayloadError, ProtocolError
 from protocols.mqtt_codec import (
+    MAX_CONCENTRATOR_PAYLOAD_BYTES,
+    MAX_METER_PAYLOAD_BYTES,
+    MAX_REASON_VALUE_CHARS,
     MAX_REGISTER_WH,
     decode_concentrator_batch,
     decode_meter_reading,
@@ -593,7 +596,7 @@ def test_is_valid_id(value: str, valid: bool) -> None:
 
 
 def test_deeply_nested_json_is_a_payload_error() -> None:
-    assert _reason("m-1", b"[" * 100_000) == "payload is not valid JSON: nested too deeply"
+    assert _reason("m-1", b"[" * MAX_METER_PAYLOAD_BYTES) == "payload is not valid JSON: nested too deeply"
     with pytest.raises(PayloadError) as info:
         decode_concentrator_batch("dcu-1", b'{"readings": ' + b"[" * 100_000)
     assert info.value.reason == "payload is not valid JSON: nested too deeply"
@@ -601,9 +604,11 @@ def test_deeply_nested_json_is_a_payload_error() -> None:
 
 def test_overlong_integer_is_a_payload_error() -> None:
     # CPython refuses to convert integers of more than 4300 digits (sys.get_int_max_str_digits) with a ValueError
-    payload = b'{"ts": "2024-03-01T12:00:00Z", "energy_import_wh": ' + b"1" * 5000 + b"}"
+    entry = b'{"meter_id": "m-1", "ts": "2024-03-01T12:00:00Z", "energy_import_wh": ' + b"1" * 5000 + b"}"
 
-    assert _reason("m-1", payload).startswith("payload is not valid JSON: ")
+    with pytest.raises(PayloadError) as info:
+        decode_concentrator_batch("dcu-1", b'{"sent_at": "%s", "readings": [%s]}' % (SENT_AT.encode(), entry))
+    assert info.value.reason.startswith("payload is not valid JSON: ")
 
 
 def test_unknown_batch_envelope_field_is_rejected() -> None:
@@ -611,3 +616,80 @@ def test_unknown_batch_envelope_field_is_rejected() -> None:
         decode_concentrator_batch("dcu-1", _json({"sent_at": SENT_AT, "readings": [], "dcu": "dcu-1", "alpha": 0}))
 
     assert info.value.reason == "unknown field(s): alpha, dcu"
+
+
+def test_a_payload_over_its_size_limit_is_refused_before_it_is_parsed() -> None:
+    assert MAX_METER_PAYLOAD_BYTES == 4096
+    assert MAX_CONCENTRATOR_PAYLOAD_BYTES == 1_048_576
+    at_limit = _reading().ljust(MAX_METER_PAYLOAD_BYTES)  # JSON allows the trailing blanks
+
+    assert decode_meter_reading("m-1", at_limit).energy_import_wh == 1_234_567
+    assert _reason("m-1", at_limit + b" ") == "payload of 4097 bytes exceeds the limit of 4096 bytes"
+    assert _reason("m-1", b"[" * 100_000) == "payload of 100000 bytes exceeds the limit of 4096 bytes"
+    batch = _json({"sent_at": SENT_AT, "readings": [_entry("m-1")]})
+    assert decode_concentrator_batch("dcu-1", batch.ljust(MAX_CONCENTRATOR_PAYLOAD_BYTES)).readings
+    with pytest.raises(PayloadError) as info:
+        decode_concentrator_batch("dcu-1", batch.ljust(MAX_CONCENTRATOR_PAYLOAD_BYTES + 1))
+    assert info.value.reason == "payload of 1048577 bytes exceeds the limit of 1048576 bytes"
+
+
+def test_the_largest_valid_batch_fits_in_the_size_limit() -> None:
+    longest = MeterReading(
+        "x" * 32,
+        datetime(2024, 3, 1, 12, 0, 0, 999_999, tzinfo=timezone(timedelta(hours=-23, minutes=-59))),
+        INT64_MAX,
+        INT64_MAX,
+        -(2**31),
+        99_999.99999999999,
+        RelayState.CLOSED,
+        INT64_MAX,
+    )
+    compact = encode_concentrator_batch("y" * 32, longest.ts, [longest] * MAX_READINGS_PER_BATCH)
+    # room for the blanks of a pretty-printed message as well
+    assert len(json.dumps(json.loads(compact), indent=4).encode()) < MAX_CONCENTRATOR_PAYLOAD_BYTES
+
+
+_HUGE = "\ud800\x00" + "x" * 100_000  # a lone surrogate and NUL, as json.loads gives them from \ud800 and \u0000
+
+
+def _entry_reason(**fields: object) -> str:
+    """The reason the one entry of a batch is rejected for: a valid entry with `fields` changed."""
+    batch = decode_concentrator_batch("dcu-1", _json({"sent_at": SENT_AT, "readings": [{**_entry("m-1"), **fields}]}))
+    [error] = batch.rejected
+    return error.reason
+
+
+@pytest.mark.parametrize(
+    ("fields", "start"),
+    [
+        ({"ts": _HUGE}, r"ts '\ud800\x00xxx"),
+        ({"relay": _HUGE}, r"relay must be 'closed' or 'open', got '\ud800\x00xxx"),
+        ({"energy_import_wh": _HUGE}, r"energy_import_wh must be an integer, got '\ud800\x00xxx"),
+        ({"voltage_v": _HUGE}, r"voltage_v must be a number, got '\ud800\x00xxx"),
+        ({"meter_id": _HUGE}, r"meter_id '\ud800\x00xxx"),
+        ({"energy_import_wh": 10**4000}, "energy_import_wh 1000000000"),
+        ({"voltage_v": 10**4000}, "voltage_v 1000000000"),
+        ({"energy_import_wh": [[[[1]]]]}, "energy_import_wh must be an integer, got a JSON array"),
+        ({"relay": {"a": 1}}, "relay must be 'closed' or 'open', got a JSON object"),
+        ({"meter_id": ["m-1"]}, "meter_id a JSON array does not match"),
+        ({_HUGE: 1}, r"unknown field(s): \ud800"),
+        ({f"f{i:03d}" + "y" * 1000: i for i in range(500)}, "unknown field(s): f000yyy"),
+    ],
+)
+def test_a_value_in_a_reason_is_shown_in_a_bounded_length(fields: dict[str, object], start: str) -> None:
+    reason = _entry_reason(**fields)
+
+    assert reason.startswith(start), reason[:200]
+    assert len(reason) < 500
+
+
+def test_many_unknown_fields_are_named_up_to_a_limit_and_counted() -> None:
+    reason = _entry_reason(**{f"f{i:02d}": i for i in range(30)})
+
+    assert reason == "unknown field(s): " + ", ".join(f"f{i:02d}" for i in range(10)) + " and 20 more"
+
+
+def test_a_reason_keeps_short_values_whole() -> None:
+    fits = "x" * (MAX_REASON_VALUE_CHARS - 2)  # with its quotes
+    assert _reason("m-1", _reading(relay=fits)).endswith(repr(fits))
+    assert _reason("m-1", _reading(relay=fits + "x")).endswith(f"got '{fits}…")
