@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -10,6 +11,8 @@ from protocols.errors import ProtocolError
 from protocols.mqtt_codec import decode_concentrator_batch, decode_meter_reading, reading_to_object
 from protocols.mqtt_topics import TopicKind, parse_topic
 from protocols.readings import MeterReading
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,41 @@ def reading_payload(item: SourcedReading) -> bytes:
 
 
 def decode_message(message: InboundMessage, into: Decoded) -> None:
-    """Decode one message, appending its readings and dead letters to `into`."""
+    """Decode one message, appending its readings and dead letters to `into`; never raises.
+
+    A message the decoder fails on in a way it does not foresee becomes one dead letter naming the error: a bug met by
+    one message must not stop the worker, nor bring the message back after every restart.
+    """
+    decoded = Decoded()
+    try:
+        _decode(message, decoded)
+    except Exception as exc:
+        log.debug("decoding a message on %r failed", message.topic, exc_info=True)
+        decoded = Decoded(
+            dead_letters=[
+                DeadLetter(
+                    message.topic,
+                    message.payload,
+                    f"message could not be decoded: {type(exc).__name__}: {exc}",
+                    message.received_at,
+                )
+            ]
+        )
+    into.readings.extend(decoded.readings)
+    into.dead_letters.extend(decoded.dead_letters)
+
+
+def _entry_payload(raw: object, message_payload: bytes) -> bytes:
+    """The bytes of one bad entry of a batch: its JSON, or the whole message when it cannot be written back."""
+    try:
+        return json.dumps(raw, ensure_ascii=False).encode()
+    except UnicodeEncodeError:  # a lone surrogate: escaped as \udXXX, the JSON reads back the same
+        return json.dumps(raw).encode()
+    except RecursionError:  # nested deeper than json.dumps goes from here; the item index still points at it
+        return message_payload
+
+
+def _decode(message: InboundMessage, into: Decoded) -> None:
     try:
         topic = parse_topic(message.topic)
         if topic.kind is TopicKind.METER_READINGS:
@@ -85,7 +122,7 @@ def decode_message(message: InboundMessage, into: Decoded) -> None:
             into.dead_letters.extend(
                 DeadLetter(
                     message.topic,
-                    json.dumps(bad.raw, ensure_ascii=False, default=str).encode(),
+                    _entry_payload(bad.raw, message.payload),
                     bad.reason,
                     message.received_at,
                     bad.index,

@@ -18,7 +18,7 @@ from headend.ingest.messages import (
     reading_payload,
 )
 from protocols.mqtt_codec import encode_meter_reading
-from protocols.readings import MeterReading, RelayState
+from protocols.readings import ConcentratorBatch, ItemError, MeterReading, RelayState
 
 CST = timezone(timedelta(hours=8))
 RECEIVED = datetime(2026, 11, 20, 4, 1, tzinfo=UTC)
@@ -219,3 +219,93 @@ def test_reading_payload_of_a_decoded_batch_entry_round_trips() -> None:
     entry = {**_entry("m-5", 42), "power_w": -12}
     [item] = _decode("concentrators/dcu-1/readings", _batch([entry])).readings
     assert json.loads(reading_payload(item)) == entry
+
+
+# --------------------------------------------------------------------------- hostile messages
+# decode_message must never raise: whatever arrives becomes readings or dead letters, and a message is all of one
+# or the other way round, never half decoded.
+
+
+def test_a_bad_entry_with_lone_surrogates_is_a_dead_letter_with_its_json_escaped() -> None:
+    entries = (
+        b'[{"meter_id": "\\ud800", "ts": "%s", "energy_import_wh": 1},'
+        b' {"meter_id": "m-1", "ts": "%s", "energy_import_wh": 1, "\\udfff": "\\u0000"}]'
+    ) % (TS_TEXT.encode(), TS_TEXT.encode())
+    payload = b'{"sent_at": "%s", "readings": %s}' % (SENT_AT.encode(), entries)
+    decoded = _decode("concentrators/dcu-7/readings", payload)
+
+    assert decoded.readings == []
+    assert [(d.item_index, d.reason) for d in decoded.dead_letters] == [
+        (0, "meter_id '\\ud800' does not match [A-Za-z0-9_-]{1,32}"),
+        (1, "unknown field(s): \\udfff"),
+    ]
+    entries = json.loads(payload)["readings"]
+    assert [json.loads(d.payload) for d in decoded.dead_letters] == entries
+
+
+def test_a_bad_entry_too_deep_to_write_back_keeps_the_whole_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    def too_deep(*args: object, **kwargs: object) -> str:
+        raise RecursionError("maximum recursion depth exceeded while encoding a JSON object")
+
+    payload = _batch([_entry("m-0", [[["deep"]]]), _entry("m-1")])
+    monkeypatch.setattr("headend.ingest.messages.json.dumps", too_deep)
+    decoded = _decode("concentrators/dcu-7/readings", payload)
+
+    [dead] = decoded.dead_letters
+    assert (dead.item_index, dead.payload) == (0, payload)
+    assert [r.item_index for r in decoded.readings] == [1]
+
+
+def test_a_message_the_decoder_chokes_on_is_one_dead_letter(monkeypatch: pytest.MonkeyPatch) -> None:
+    def choke(*args: object) -> None:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr("headend.ingest.messages.decode_meter_reading", choke)
+    decoded = _decode("meters/m-1/readings", b"{}")
+
+    assert decoded.readings == []
+    assert decoded.dead_letters == [
+        DeadLetter("meters/m-1/readings", b"{}", "message could not be decoded: ZeroDivisionError: a bug", RECEIVED)
+    ]
+
+
+def test_a_batch_that_fails_half_way_leaves_no_readings_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an entry json.dumps cannot write back (a stand-in for any failure after the good entries are decoded)
+    batch = ConcentratorBatch("dcu-7", TS, (MeterReading("m-0", TS, 1),), (ItemError(1, "bad", {(1, 2): 3}),))
+    monkeypatch.setattr("headend.ingest.messages.decode_concentrator_batch", lambda *args: batch)
+    payload = _batch([_entry("m-0"), _entry("m-1", "x")])
+    decoded = _decode("concentrators/dcu-7/readings", payload)
+
+    assert decoded.readings == []
+    [dead] = decoded.dead_letters
+    assert (dead.payload, dead.item_index) == (payload, None)
+    assert dead.reason.startswith("message could not be decoded: TypeError: keys must be")
+
+
+topics = st.text(max_size=60) | st.sampled_from(["meters/m-1/readings", "concentrators/dcu-7/readings"])
+json_text = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(blacklist_categories=())),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(st.characters(blacklist_categories=()), max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+).map(lambda value: json.dumps(value).encode())
+batches = st.lists(
+    st.fixed_dictionaries(
+        {"meter_id": st.sampled_from(["m-1", "\ud800", "m\x00"]), "ts": st.just(TS_TEXT)},
+        optional={"energy_import_wh": st.integers(), "\udc80": st.text(), "x\x00": st.none()},
+    ),
+    max_size=5,
+).map(lambda entries: json.dumps({"sent_at": SENT_AT, "readings": entries}).encode())
+
+
+@given(topics, st.binary(max_size=300) | json_text | batches)
+def test_any_message_decodes_into_readings_and_dead_letters_without_raising(topic: str, payload: bytes) -> None:
+    decoded = _decode(topic, payload)
+
+    assert decoded.readings or decoded.dead_letters or b'"readings": []' in payload
+    for dead in decoded.dead_letters:
+        assert dead.reason
+        assert isinstance(dead.payload, bytes)
+        assert dead.topic == topic
