@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# a broker account a service connects as: no ':' (the password file's separator), no MQTT wildcard or level
+ACCOUNT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_SERVICE_PASSWORD_CHARS = 16
+# the broker accounts of the head-end's services, by role (headend.broker.config.SERVICE_RIGHTS)
+ACCOUNT_FIELDS = (
+    "broker_ingest_accounts",
+    "broker_dispatch_accounts",
+    "broker_monitor_accounts",
+    "broker_simulator_accounts",
+)
+Accounts = Annotated[tuple[str, ...], NoDecode]
 
 
 class MqttProtocol(StrEnum):
@@ -31,8 +46,50 @@ class Settings(BaseSettings):
     )
     mqtt_host: str | None = Field(default=None, description="broker host; unset means the embedded broker")
     mqtt_port: int = 1883
-    mqtt_username: str | None = None
-    mqtt_password: str | None = None
+    mqtt_username: str | None = Field(default=None, description="the broker account this process connects as")
+    mqtt_password: str | None = Field(default=None, description="the password of HEADEND_MQTT_USERNAME")
+    mqtt_tls: bool = Field(
+        default=False, description="connect to the broker over TLS (also on when a HEADEND_MQTT_TLS_*_FILE is set)"
+    )
+    mqtt_tls_ca_file: str | None = Field(
+        default=None, description="CA certificates (PEM) the broker's certificate must chain to; unset: the system's"
+    )
+    mqtt_tls_cert_file: str | None = Field(
+        default=None, description="client certificate (PEM) for a broker that asks for one, with the key file"
+    )
+    mqtt_tls_key_file: str | None = Field(default=None, description="private key (PEM) of HEADEND_MQTT_TLS_CERT_FILE")
+    mqtt_tls_insecure: bool = Field(
+        default=False,
+        description="accept a broker certificate that does not name HEADEND_MQTT_HOST (the chain is still checked); "
+        "for tests, never in production",
+    )
+    broker_ingest_accounts: Accounts = Field(
+        default=("headend-ingest",),
+        description="`broker-config`: the broker accounts of ingest workers (comma-separated), one a worker",
+    )
+    broker_ingest_password: SecretStr | None = Field(
+        default=None, description="`broker-config`: the password of every ingest account; unset: none is written"
+    )
+    broker_dispatch_accounts: Accounts = Field(
+        default=("headend-dispatch",), description="`broker-config`: the broker accounts of dispatchers"
+    )
+    broker_dispatch_password: SecretStr | None = Field(
+        default=None, description="`broker-config`: the password of every dispatch account; unset: none is written"
+    )
+    broker_monitor_accounts: Accounts = Field(
+        default=("headend-monitor",), description="`broker-config`: accounts that may read $SYS (health checks)"
+    )
+    broker_monitor_password: SecretStr | None = Field(
+        default=None, description="`broker-config`: the password of every monitor account; unset: none is written"
+    )
+    broker_simulator_accounts: Accounts = Field(
+        default=("headend-simulator", "headend-simulator-relay"),
+        description="`broker-config`: accounts of simulated fleets, which may act as any device",
+    )
+    broker_simulator_password: SecretStr | None = Field(
+        default=None,
+        description="`broker-config`: the password of every simulator account; unset (production): none is written",
+    )
     mqtt_protocol: MqttProtocol = MqttProtocol.V5
     mqtt_client_id: str = Field(default="headend-ingest", description="persistent-session id of this worker")
     mqtt_shared_group: str | None = Field(
@@ -122,6 +179,56 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("mqtt_tls_ca_file", "mqtt_tls_cert_file", "mqtt_tls_key_file")
+    @classmethod
+    def _readable_file(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not Path(value).is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
+    @field_validator(*ACCOUNT_FIELDS, mode="before")
+    @classmethod
+    def _account_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
+    @field_validator(*ACCOUNT_FIELDS)
+    @classmethod
+    def _account_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not ACCOUNT_NAME.fullmatch(name):
+                raise ValueError(f"account {name!r} does not match [A-Za-z0-9_.-]{{1,64}}")
+        return value
+
+    @field_validator(
+        "broker_ingest_password", "broker_dispatch_password", "broker_monitor_password", "broker_simulator_password"
+    )
+    @classmethod
+    def _service_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < MIN_SERVICE_PASSWORD_CHARS:
+            raise ValueError(f"a service account's password has at least {MIN_SERVICE_PASSWORD_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.mqtt_tls_cert_file is None) != (self.mqtt_tls_key_file is None):
+            raise ValueError("HEADEND_MQTT_TLS_CERT_FILE and HEADEND_MQTT_TLS_KEY_FILE go together")
+        names = [name for field in ACCOUNT_FIELDS for name in getattr(self, field)]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"broker account(s) {', '.join(repeated)} given to more than one role")
+        return self
+
+    @property
+    def mqtt_tls_enabled(self) -> bool:
+        """Whether the head-end's MQTT clients connect over TLS."""
+        return self.mqtt_tls or self.mqtt_tls_ca_file is not None or self.mqtt_tls_cert_file is not None
 
     @cached_property
     def zone(self) -> ZoneInfo:

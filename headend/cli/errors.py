@@ -85,6 +85,9 @@ def _settings_message(exc: BaseException) -> str | None:
         field = "_".join(str(part) for part in error["loc"])
         problem = str(error["msg"]).removeprefix("Value error, ")
         value = error.get("input")
+        if not field:  # a check across settings names them itself
+            problems.append(problem)
+            continue
         shown = "" if _SECRET_FIELDS.search(field) or not isinstance(value, str) or value in problem else f"={value!r}"
         problems.append(f"{prefix}{field.upper()}{shown}: {problem[:1].lower()}{problem[1:]}")
     settings_word = "setting" if len(problems) == 1 else "settings"
