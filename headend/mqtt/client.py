@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ def broker_address(settings: Settings) -> tuple[str, int]:
 
 
 def make_client(settings: Settings, client_id: str, *, manual_ack: bool, persistent: bool) -> mqtt.Client:
-    """A paho client (callback API v2) with credentials and the protocol version from `settings`."""
+    """A paho client (callback API v2) with the credentials, TLS and protocol version of `settings`."""
     v5 = settings.mqtt_protocol is MqttProtocol.V5
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
@@ -39,6 +40,14 @@ def make_client(settings: Settings, client_id: str, *, manual_ack: bool, persist
     )
     if settings.mqtt_username:
         client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+    if settings.mqtt_tls_enabled:
+        # the broker's certificate is verified against the CA file (the system's CAs without one), its name too
+        client.tls_set(
+            ca_certs=settings.mqtt_tls_ca_file,
+            certfile=settings.mqtt_tls_cert_file,
+            keyfile=settings.mqtt_tls_key_file,
+        )
+        client.tls_insecure_set(settings.mqtt_tls_insecure)
     client.reconnect_delay_set(min_delay=RECONNECT_MIN_DELAY_S, max_delay=RECONNECT_MAX_DELAY_S)
     client.on_socket_open = _no_delay
     return client
@@ -67,6 +76,10 @@ def describe_connect_error(exc: BaseException | None, host: str) -> str:
     """Why a connection to the broker could not be opened, in words."""
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {host!r} ({exc.strerror})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the broker's certificate is not trusted ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, TimeoutError):
