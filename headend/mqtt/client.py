@@ -77,9 +77,9 @@ def describe_connect_error(exc: BaseException | None, host: str) -> str:
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {host!r} ({exc.strerror})"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: the broker's certificate is not trusted ({exc.verify_message})"
+        return f"TLS: the broker's certificate is not trusted ({getattr(exc, 'verify_message', None) or exc})"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
+        return f"TLS: {getattr(exc, 'reason', None) or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, TimeoutError):

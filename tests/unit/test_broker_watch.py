@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -112,6 +113,12 @@ def test_a_lost_connection_is_a_warning_unless_stopping_and_a_problem_until_back
     ]
 
 
+def _untrusted() -> ssl.SSLCertVerificationError:
+    exc = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    exc.verify_message = "unable to get local issuer certificate"
+    return exc
+
+
 @pytest.mark.parametrize(
     ("exc", "said"),
     [
@@ -120,6 +127,11 @@ def test_a_lost_connection_is_a_warning_unless_stopping_and_a_problem_until_back
         (TimeoutError("timed out"), "timed out"),
         (OSError(113, "No route to host"), "No route to host"),
         (None, "connection failed"),
+        (_untrusted(), "TLS: the broker's certificate is not trusted (unable to get local issuer certificate)"),
+        (
+            ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"),
+            "TLS: [SSL: WRONG_VERSION_NUMBER] wrong version",
+        ),
     ],
 )
 def test_connection_errors_in_words(exc: BaseException | None, said: str) -> None:
