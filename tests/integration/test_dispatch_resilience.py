@@ -1,7 +1,8 @@
 """Nothing stops the dispatcher: hostile meter events, a lost database, a restarted broker.
 
-Each test runs `run_dispatcher` itself, in a thread, against the real PostgreSQL and a Mosquitto, and drives it from
-outside: meters (the simulated fleet, or a plain publisher) on the broker, payments and readings in the database.
+Each test runs `run_dispatcher` itself, in a thread, against the real PostgreSQL and a Mosquitto of its own (so that
+every event on it is the test's, whatever else runs on the shared one), and drives it from outside: meters (the
+simulated fleet, or a plain publisher) on the broker, payments and readings in the database.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from simulators.command_responder import CommandResponder
 from simulators.fleet import Fleet, SimMeter
 from simulators.load_shapes import MeterKind
 from simulators.publisher import BrokerConfig
-from tests.integration.conftest import ADMIN_URL, MQTT_HOST, MQTT_PORT, count, register, wait_for
+from tests.integration.conftest import ADMIN_URL, MQTT_HOST, count, register, wait_for
 from tests.integration.dispatch_support import listening
 from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, series, store_readings
 from tests.integration.worker_support import private_mosquitto
@@ -52,7 +53,7 @@ STEP = timedelta(minutes=15)
 ENGINE_NOW = DAY_START + timedelta(days=1, hours=2)
 
 
-def dispatch_settings(database_url: str, port: int = MQTT_PORT, **changes: Any) -> Settings:
+def dispatch_settings(database_url: str, port: int, **changes: Any) -> Settings:
     """A dispatcher of its own on the broker at `port`: a short-lived session, status lines every half second."""
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -128,7 +129,7 @@ def running() -> Iterator[Callable[[Settings], Running]]:
 class EventPublisher:
     """A meter's side of the broker for hand-made events: QoS 1, each publish acknowledged before the next."""
 
-    def __init__(self, port: int = MQTT_PORT) -> None:
+    def __init__(self, port: int) -> None:
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-meter-{uuid.uuid4().hex[:8]}")
         self.client.connect(MQTT_HOST, port)
         self.client.loop_start()
@@ -144,9 +145,17 @@ class EventPublisher:
 
 
 @pytest.fixture
-def meter_side() -> Iterator[EventPublisher]:
-    """A publisher of meter events on the test broker."""
-    publisher = EventPublisher()
+def broker_port() -> Iterator[int]:
+    """The port of a Mosquitto of the test's own."""
+    port = free_port()
+    with private_mosquitto(port):
+        yield port
+
+
+@pytest.fixture
+def meter_side(broker_port: int) -> Iterator[EventPublisher]:
+    """A publisher of meter events on the test's broker."""
+    publisher = EventPublisher(broker_port)
     yield publisher
     publisher.close()
 
@@ -177,11 +186,15 @@ def sha(payload: bytes) -> bytes:
 
 
 def test_hostile_events_become_dead_letters_and_the_dispatcher_goes_on(
-    database_url: str, db: Conn, meter_side: EventPublisher, running: Callable[[Settings], Running]
+    database_url: str,
+    db: Conn,
+    broker_port: int,
+    meter_side: EventPublisher,
+    running: Callable[[Settings], Running],
 ) -> None:
     register(db, ["hm1", "hm2"])
     read = request_relay_read(db, "hm1", by="test", now=datetime.now(UTC), ttl=timedelta(minutes=10))
-    dispatcher = running(dispatch_settings(database_url))
+    dispatcher = running(dispatch_settings(database_url, broker_port))
     wait_for(lambda: listening(db), 10, "the dispatcher")
     now = datetime.now(UTC)
     hostile = {
@@ -230,7 +243,11 @@ def test_hostile_events_become_dead_letters_and_the_dispatcher_goes_on(
 
 
 def test_an_event_whose_content_the_database_refuses_is_rolled_back_and_kept(
-    database_url: str, db: Conn, meter_side: EventPublisher, running: Callable[[Settings], Running]
+    database_url: str,
+    db: Conn,
+    broker_port: int,
+    meter_side: EventPublisher,
+    running: Callable[[Settings], Running],
 ) -> None:
     register(db, ["rb1", "rb2"])
     # stands for any refusal an event's content may provoke (a constraint, a value out of range)
@@ -247,7 +264,7 @@ def test_an_event_whose_content_the_database_refuses_is_rolled_back_and_kept(
             FOR EACH ROW EXECUTE FUNCTION test_refuse_rb1();
         """
     )
-    dispatcher = running(dispatch_settings(database_url))
+    dispatcher = running(dispatch_settings(database_url, broker_port))
     wait_for(lambda: listening(db), 10, "the dispatcher")
     now = datetime.now(UTC)
     poison = event("open", now)
@@ -264,11 +281,15 @@ def test_an_event_whose_content_the_database_refuses_is_rolled_back_and_kept(
 
 
 def test_an_answer_delivered_twice_is_recorded_once(
-    database_url: str, db: Conn, meter_side: EventPublisher, running: Callable[[Settings], Running]
+    database_url: str,
+    db: Conn,
+    broker_port: int,
+    meter_side: EventPublisher,
+    running: Callable[[Settings], Running],
 ) -> None:
     register(db, ["tw1"])
     read = request_relay_read(db, "tw1", by="test", now=datetime.now(UTC), ttl=timedelta(minutes=10))
-    dispatcher = running(dispatch_settings(database_url))
+    dispatcher = running(dispatch_settings(database_url, broker_port))
     wait_for(lambda: listening(db), 10, "the dispatcher")
     now = datetime.now(UTC)
     answer = event("open", now, command_id=read.command_id, result="executed")
@@ -390,16 +411,16 @@ def audit_states(url: str, command_id: str) -> list[str]:
 
 
 def test_the_dispatcher_outlives_its_database_connections(
-    database_url: str, running: Callable[[Settings], Running], caplog: pytest.LogCaptureFixture
+    database_url: str, broker_port: int, running: Callable[[Settings], Running], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "headend.dispatch")
     database = make_url(database_url).database
     assert database is not None
     customer = Customer(database_url, f"r{uuid.uuid4().hex[:6]}")
     # the meter answers a second after a command: the database is gone by then
-    with responder_for(customer.prefix, MQTT_PORT, (1.0, 1.0)) as responder:
+    with responder_for(customer.prefix, broker_port, (1.0, 1.0)) as responder:
         # a long poll: only the listener's wake (LISTEN, reconnected too) gets a new request taken at once
-        dispatcher = running(dispatch_settings(database_url, dispatch_poll_s=30.0))
+        dispatcher = running(dispatch_settings(database_url, broker_port, dispatch_poll_s=30.0))
         wait_for(customer.listening, 10, "the dispatcher listening")
         customer.exhaust()
         wait_for(lambda: customer.states() == [("disconnect", "sent")], 10, "the disconnect sent")
