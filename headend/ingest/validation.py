@@ -1,7 +1,8 @@
-"""Pure validation rules for readings: time, registers, quality flags."""
+"""Pure validation rules for readings: the time window, registers, quality flags."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntFlag
 
@@ -24,8 +25,41 @@ def future_reason(reading: MeterReading, now: datetime, tolerance: timedelta) ->
     """Why `reading` is too far in the future, or None if its time is acceptable."""
     assert now.utcoffset() is not None
     if reading.ts > now + tolerance:
-        return f"ts {reading.ts.isoformat()} is more than {int(tolerance.total_seconds())} s in the future"
+        return _future(reading.ts, tolerance)
     return None
+
+
+def _future(ts: datetime, tolerance: timedelta) -> str:
+    return f"ts {ts.isoformat()} is more than {int(tolerance.total_seconds())} s in the future"
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """The times a reading may carry, as of one instant: from `max_age` before it to `future_tolerance` after it.
+
+    Checked before anything else is done with a time: a time outside it may lie at the edge of what datetime can
+    represent (year 1 at +14:00 cannot be converted to UTC), and would ask for a partition of its own.
+    """
+
+    oldest: datetime
+    latest: datetime
+    max_age: timedelta
+    future_tolerance: timedelta
+
+    @classmethod
+    def around(cls, now: datetime, max_age: timedelta, future_tolerance: timedelta) -> TimeWindow:
+        """The window as of `now` (timezone-aware)."""
+        assert now.utcoffset() is not None
+        return cls(now - max_age, now + future_tolerance, max_age, future_tolerance)
+
+    def refusal(self, ts: datetime) -> str | None:
+        """Why a reading stamped `ts` is refused (too old, or in the future), or None if `ts` is in the window."""
+        # comparing aware datetimes subtracts their offsets into a timedelta: no overflow, whatever the year
+        if ts < self.oldest:
+            return f"ts {ts.isoformat()} is more than {self.max_age / timedelta(days=1):g} days old"
+        if ts > self.latest:
+            return _future(ts, self.future_tolerance)
+        return None
 
 
 def register_flags(previous_wh: int | None, current_wh: int, register_max_wh: int) -> QualityFlag:

@@ -13,10 +13,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import psycopg
 from paho.mqtt.reasoncodes import ReasonCode
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception_type, wait_exponential
+from psycopg.pq import TransactionStatus
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, wait_exponential
 
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, libpq_dsn
 from headend.db.partitions import days_around
+from headend.ingest.faults import is_data_fault, write_isolating
 from headend.ingest.messages import DeadLetter, Decoded, InboundMessage, decode_message
 from headend.ingest.writer import ReadingWriter, WriteResult
 from headend.mqtt.client import ConnectionWatch, connect, make_client
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 10.0
+CONNECT_TIMEOUT_S = 10  # a database host that drops packets fails the attempt instead of hanging the worker
 PARTITION_CHECK_EVERY_S = 3600.0
 # the counters of a status line, with their words
 STATUS_LABELS = {
@@ -95,6 +98,7 @@ class IngestWorker:
         self._to_write: queue.Queue[tuple[list[InboundMessage], Decoded] | None] = queue.Queue(maxsize=1)
         self._writer_error: BaseException | None = None
         self._next_partition_check = 0.0
+        self._partition_retry_s = RETRY_MIN_S
         self._received = 0
         self._database_problem: str | None = None
         self._dead_letter_log = LimitedLog(log, "dead letters", period_s=settings.status_interval_s or 10.0)
@@ -111,6 +115,11 @@ class IngestWorker:
     def stop(self) -> None:
         """Ask the worker to finish its current batch and return."""
         self._stop.set()
+
+    @property
+    def received(self) -> int:
+        """Messages received from the broker since the start, redeliveries included."""
+        return self._received
 
     @property
     def connected(self) -> threading.Event:
@@ -139,10 +148,13 @@ class IngestWorker:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         self._received += 1
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            # brokers refuse such topics; should one come through, an exception here would end paho's network loop
+            topic = bytes(getattr(message, "_topic", b"")).decode("utf-8", "backslashreplace")
         self._inbox.put(
-            InboundMessage(
-                message.topic, bytes(message.payload), datetime.now(UTC), message.mid, message.qos, self._generation
-            )
+            InboundMessage(topic, bytes(message.payload), datetime.now(UTC), message.mid, message.qos, self._generation)
         )
 
     def _next_batch(self) -> list[InboundMessage]:
@@ -165,15 +177,29 @@ class IngestWorker:
         return batch
 
     def _open_writer(self) -> tuple[psycopg.Connection[Any], ReadingWriter]:
-        conn = psycopg.connect(self._dsn, autocommit=True)
+        conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
         options = SchemaOptions.from_rows(conn.execute(SCHEMA_OPTIONS_SQL).fetchall())
-        writer = ReadingWriter(conn, options, timedelta(seconds=self._settings.future_tolerance_s))
+        writer = ReadingWriter(
+            conn,
+            options,
+            timedelta(seconds=self._settings.future_tolerance_s),
+            timedelta(days=self._settings.reading_max_age_days),
+        )
         return conn, writer
 
     def _write_once(self, decoded: Decoded) -> WriteResult:
         if self._writer is None:
             self._conn, self._writer = self._open_writer()
-        return self._writer.write(decoded, datetime.now(UTC))
+        try:
+            return self._writer.write(decoded, datetime.now(UTC))
+        except Exception as exc:
+            if is_data_fault(exc) and not self._connection_usable():
+                self._close_writer()
+            raise
+
+    def _connection_usable(self) -> bool:
+        conn = self._conn
+        return conn is not None and not conn.closed and conn.info.transaction_status is TransactionStatus.IDLE
 
     def _after_failed_write(self, state: RetryCallState) -> None:
         self.stats.db_retries += 1
@@ -187,9 +213,13 @@ class IngestWorker:
         self._stop.wait(seconds)
 
     def _write_with_retry(self, decoded: Decoded) -> WriteResult | None:
-        """Write until it commits; None if asked to stop first (the batch stays unacknowledged)."""
+        """Write until it commits; None if asked to stop first (the batch stays unacknowledged).
+
+        Only the database's faults are retried (it is down, restarting, out of resources); an error of the data is
+        raised at once, for `write_isolating` to find the messages at fault.
+        """
         retrying = Retrying(
-            retry=retry_if_exception_type(psycopg.Error),
+            retry=retry_if_exception(lambda exc: isinstance(exc, psycopg.Error) and not is_data_fault(exc)),
             wait=wait_exponential(multiplier=RETRY_MIN_S, max=RETRY_MAX_S),
             stop=lambda state: self._stop.is_set(),
             sleep=self._pause,
@@ -197,8 +227,12 @@ class IngestWorker:
         )
         try:
             return retrying(self._write_once, decoded)
-        except (RetryError, psycopg.Error):
+        except RetryError:
             return None
+
+    def _store(self, batch: list[InboundMessage], decoded: Decoded) -> WriteResult | None:
+        """Write a batch; messages whose data the database refuses become dead letters, the others are stored."""
+        return write_isolating(batch, decoded, self._write_with_retry)
 
     def _close_writer(self) -> None:
         if self._conn is not None:
@@ -215,17 +249,19 @@ class IngestWorker:
         self._writer.ensure_partitions(set(days_around(today, 1, self._settings.partitions_ahead_days)))
 
     def _maintain_partitions(self) -> float:
-        """Create partitions ahead; return when to check again (sooner after a failure)."""
+        """Create partitions ahead; return when to check again (sooner after a failure, later after each next one)."""
         try:
             if self._writer is None:
                 self._conn, self._writer = self._open_writer()
             self._create_partitions_ahead()
             self._database_problem = None
         except psycopg.Error as exc:
-            log.warning("could not create partitions ahead: %s", exc)
+            log.warning("could not create partitions ahead: %s (trying again in %.1f s)", exc, self._partition_retry_s)
             self._database_problem = f"database unavailable ({exc})"
             self._close_writer()
-            return time.monotonic() + RETRY_MIN_S
+            retry_s, self._partition_retry_s = self._partition_retry_s, min(self._partition_retry_s * 2, RETRY_MAX_S)
+            return time.monotonic() + retry_s
+        self._partition_retry_s = RETRY_MIN_S
         return time.monotonic() + PARTITION_CHECK_EVERY_S
 
     def _status_now(self) -> Status:
@@ -291,7 +327,7 @@ class IngestWorker:
                 if item is None:
                     return
                 batch, decoded = item
-                result = self._write_with_retry(decoded)
+                result = self._store(batch, decoded)
                 if result is None:
                     return  # stopping while the database is unreachable: the broker redelivers the batch
                 self._database_problem = None

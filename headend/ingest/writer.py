@@ -7,6 +7,7 @@ specification, and the reference the integration tests compare them against, is 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -15,11 +16,20 @@ from typing import Any
 import psycopg
 
 from headend.db.engine import SchemaOptions, Storage
-from headend.db.partitions import ensure_partitions
+from headend.db.partitions import ensure_partitions, existing_partition_days
+from headend.db.text import storable
 from headend.ingest.messages import DeadLetter, Decoded, SourcedReading, reading_payload
-from headend.ingest.validation import ROLLOVER_HIGH_FRACTION, ROLLOVER_LOW_FRACTION, QualityFlag, future_reason
+from headend.ingest.validation import ROLLOVER_HIGH_FRACTION, ROLLOVER_LOW_FRACTION, QualityFlag, TimeWindow
+from headend.settings import Settings
 
 LATE_LOOKBACK = timedelta(days=7)
+DEFAULT_READING_MAX_AGE = timedelta(days=int(Settings.model_fields["reading_max_age_days"].default))
+# dead_letters is unique on (topic, payload_sha256, item_index): a B-tree entry takes at most 2704 bytes, and a
+# character at most 4 in UTF-8 once storable() has escaped what PostgreSQL cannot store
+TOPIC_MAX_CHARS = 512
+REASON_MAX_CHARS = 1000
+# a batch whose readings need a partition is rolled back, the partitions created, and the batch written again
+PARTITION_ATTEMPTS = 3
 
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
@@ -162,13 +172,28 @@ def _stage_row(position: int, item: SourcedReading) -> tuple[object, ...]:
     )
 
 
+class _PartitionsMissingError(Exception):
+    """Raised inside a write transaction to roll it back: `days` need partitions first."""
+
+    def __init__(self, days: set[date]) -> None:
+        super().__init__(f"no partition for {len(days)} day(s)")
+        self.days = days
+
+
 class ReadingWriter:
     """Stores batches of readings on one psycopg connection; each `write` is one transaction."""
 
-    def __init__(self, conn: psycopg.Connection[Any], options: SchemaOptions, future_tolerance: timedelta) -> None:
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        options: SchemaOptions,
+        future_tolerance: timedelta,
+        max_age: timedelta = DEFAULT_READING_MAX_AGE,
+    ) -> None:
         self._conn = conn
         self._options = options
         self._future_tolerance = future_tolerance
+        self._max_age = max_age
         self._known_partitions: set[date] = set()
         daily = _MERGE_DAILY if options.storage is Storage.PARTITIONED else ""
         self._merge_sql = _MERGE_HEAD + daily + _MERGE_BATCH + _MERGE_TAIL
@@ -186,17 +211,33 @@ class ReadingWriter:
             self._known_partitions |= missing
 
     def write(self, decoded: Decoded, now: datetime) -> WriteResult:
-        """Validate and store `decoded` in one transaction; nothing is committed if anything fails."""
+        """Validate and store `decoded` in one transaction; nothing is committed if anything fails.
+
+        A time outside the window is refused before anything else is done with it; a partition is created only
+        for a reading that passed every check, the registry's included.
+        """
         assert now.utcoffset() is not None
+        window = TimeWindow.around(now, self._max_age, self._future_tolerance)
         dead = list(decoded.dead_letters)
         staged: list[SourcedReading] = []
         for item in decoded.readings:
-            reason = future_reason(item.reading, now, self._future_tolerance)
+            reason = window.refusal(item.reading.ts)
             if reason is None:
                 staged.append(item)
             else:
                 dead.append(_dead_letter(item, reason))
-        self.ensure_partitions({item.reading.ts.astimezone(UTC).date() for item in staged})
+        try:
+            for attempt in range(1, PARTITION_ATTEMPTS + 1):
+                try:
+                    return self._write(staged, list(dead), check_partitions=attempt < PARTITION_ATTEMPTS)
+                except _PartitionsMissingError as missing:
+                    self.ensure_partitions(missing.days)
+        except BaseException:
+            self._known_partitions.clear()  # read them again: one may have been dropped since
+            raise
+        raise AssertionError("unreachable: the last attempt does not check partitions")
+
+    def _write(self, staged: list[SourcedReading], dead: list[DeadLetter], *, check_partitions: bool) -> WriteResult:
         inserted = refused = 0
         with self._conn.transaction():
             if staged:
@@ -206,27 +247,43 @@ class ReadingWriter:
                         copy.write_row(_stage_row(position, item))
                 # a temp table has no statistics; without them the planner may hash the whole meter registry
                 self._conn.execute("ANALYZE ingest_stage")
-                refused = self._refuse_unregistered(staged, dead)
+                refused_positions = self._refuse_unregistered(staged, dead)
+                refused = len(refused_positions)
                 if refused < len(staged):
+                    if check_partitions:
+                        self._check_partitions(staged, refused_positions)
                     record = self._conn.execute(self._merge_sql, self._merge_params).fetchone()
                     assert record is not None
                     inserted = int(record[0])
+            dead = [_storable(d) for d in dead]
             if dead:
                 self._record_dead_letters(dead)
         return WriteResult(offered=len(staged) - refused, inserted=inserted, dead_letters=len(dead), dead=tuple(dead))
 
-    def _refuse_unregistered(self, staged: list[SourcedReading], dead: list[DeadLetter]) -> int:
-        """Move readings of unknown or inactive meters from the stage to `dead`; return how many."""
+    def _check_partitions(self, staged: list[SourcedReading], refused_positions: set[int]) -> None:
+        """Raise _PartitionsMissingError for the days of the readings to merge that have no partition yet."""
+        if self._options.storage is not Storage.PARTITIONED:
+            return
+        days = {item.reading.ts.astimezone(UTC).date() for p, item in enumerate(staged) if p not in refused_positions}
+        missing = days - self._known_partitions
+        if missing:
+            self._known_partitions |= existing_partition_days(self._conn)
+            missing -= self._known_partitions
+            if missing:
+                raise _PartitionsMissingError(missing)
+
+    def _refuse_unregistered(self, staged: list[SourcedReading], dead: list[DeadLetter]) -> set[int]:
+        """Move readings of unknown or inactive meters from the stage to `dead`; return their positions."""
         refused = self._conn.execute(_UNREGISTERED).fetchall()
         if not refused:
-            return 0
+            return set()
         for position, status in refused:
             item = staged[position]
             meter_id = item.reading.meter_id
             reason = f"unknown meter {meter_id!r}" if status is None else f"meter {meter_id!r} is {status}, not active"
             dead.append(_dead_letter(item, reason))
         self._conn.execute("DELETE FROM ingest_stage WHERE position = ANY(%s)", ([p for p, _ in refused],))
-        return len(refused)
+        return {p for p, _ in refused}
 
     def _record_dead_letters(self, dead: list[DeadLetter]) -> None:
         with self._conn.cursor() as cursor:
@@ -237,6 +294,14 @@ class ReadingWriter:
                     for d in dead
                 ],
             )
+
+
+def _storable(dead: DeadLetter) -> DeadLetter:
+    """`dead` with a topic and a reason that PostgreSQL stores and indexes, whatever the device sent."""
+    topic, reason = storable(dead.topic, TOPIC_MAX_CHARS), storable(dead.reason, REASON_MAX_CHARS)
+    if topic == dead.topic and reason == dead.reason:
+        return dead
+    return dataclasses.replace(dead, topic=topic, reason=reason)
 
 
 def _dead_letter(item: SourcedReading, reason: str) -> DeadLetter:

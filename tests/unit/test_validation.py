@@ -1,4 +1,4 @@
-"""Pure validation rules of `headend.ingest.validation`: register flags, the 15-minute grid, future times."""
+"""Pure validation rules of `headend.ingest.validation`: register flags, the 15-minute grid, the time window."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headend.ingest.validation import QualityFlag, future_reason, grid_flags, register_flags
+from headend.ingest.validation import QualityFlag, TimeWindow, future_reason, grid_flags, register_flags
 from protocols.readings import MeterReading
 
 CST = timezone(timedelta(hours=8))
@@ -211,3 +211,56 @@ def test_future_reason_iff_beyond_tolerance(offset_us: int, tolerance_us: int) -
         assert reason.endswith(f"is more than {tolerance_us // 1_000_000} s in the future")
     else:
         assert reason is None
+
+
+# --------------------------------------------------------------------------- TimeWindow
+
+MAX_AGE = timedelta(days=92)
+WINDOW = TimeWindow.around(NOW, MAX_AGE, TOLERANCE)
+
+
+def test_the_window_runs_from_the_max_age_before_now_to_the_tolerance_after_it() -> None:
+    assert (WINDOW.oldest, WINDOW.latest) == (NOW - MAX_AGE, NOW + TOLERANCE)
+    for ts in (NOW - MAX_AGE, NOW - timedelta(days=30), NOW, NOW + TOLERANCE, (NOW - MAX_AGE).astimezone(UTC)):
+        assert WINDOW.refusal(ts) is None
+
+
+def test_a_reading_older_than_the_max_age_is_too_old() -> None:
+    assert WINDOW.refusal(NOW - MAX_AGE - timedelta(microseconds=1)) == (
+        "ts 2026-08-20T11:59:59.999999+08:00 is more than 92 days old"
+    )
+
+
+def test_a_reading_beyond_the_tolerance_is_in_the_future_as_before() -> None:
+    ts = NOW + TOLERANCE + timedelta(microseconds=1)
+    assert WINDOW.refusal(ts) == future_reason(_reading(ts), NOW, TOLERANCE)
+    assert WINDOW.refusal(ts) == "ts 2026-11-20T12:05:00.000001+08:00 is more than 300 s in the future"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("0001-01-01T00:00:00+14:00", "ts 0001-01-01T00:00:00+14:00 is more than 92 days old"),
+        ("0001-01-01T00:00:00+23:59", "ts 0001-01-01T00:00:00+23:59 is more than 92 days old"),
+        ("9999-12-31T23:59:59.999999-23:59", "ts 9999-12-31T23:59:59.999999-23:59 is more than 300 s in the future"),
+    ],
+)
+def test_the_edges_of_the_representable_range_are_refused_without_overflow(text: str, reason: str) -> None:
+    ts = datetime.fromisoformat(text)
+    with pytest.raises(OverflowError):
+        ts.astimezone(UTC)  # what the writer would have done with it next
+    assert WINDOW.refusal(ts) == reason
+
+
+offsets = st.integers(min_value=-(24 * 60 - 1), max_value=24 * 60 - 1).map(lambda m: timezone(timedelta(minutes=m)))
+
+
+@given(st.datetimes(timezones=offsets), st.integers(min_value=1, max_value=3660))
+def test_a_time_in_the_window_converts_to_utc_and_one_outside_is_refused(ts: datetime, days: int) -> None:
+    window = TimeWindow.around(NOW, timedelta(days=days), TOLERANCE)
+    reason = window.refusal(ts)  # never raises, whatever the time
+
+    if reason is None:
+        assert NOW - timedelta(days=days) <= ts.astimezone(UTC) <= NOW + TOLERANCE
+    else:
+        assert reason.endswith((f"is more than {days} days old", "is more than 300 s in the future"))
