@@ -174,11 +174,12 @@ def test_partitions_are_created_ahead_and_on_demand(
         assert f"readings_p{today + timedelta(days=offset):%Y%m%d}" in names
     old = f"o{unique}"
     register(db, [old])
-    long_ago = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    # a late reading, inside the window of HEADEND_READING_MAX_AGE_DAYS (92)
+    long_ago = datetime.combine(today - timedelta(days=60), datetime.min.time(), UTC) + timedelta(hours=12)
     publisher.publish(f"meters/{old}/readings", encode_meter_reading(MeterReading(old, long_ago, 7)))
     publisher.flush()
     wait_for(lambda: count(db, "SELECT count(*) FROM readings WHERE meter_id = %s", old) == 1, 30, "the old reading")
-    assert count(db, "SELECT count(*) FROM readings_p20250301") == 1
+    assert count(db, f"SELECT count(*) FROM readings_p{long_ago:%Y%m%d}") == 1
 
 
 def test_database_connection_lost_holds_and_retries(
