@@ -28,11 +28,13 @@ from tests.integration.worker_support import Lines, private_mosquitto
 
 pytestmark = pytest.mark.integration
 SHANGHAI = timedelta(hours=8)
-DAY_START = datetime(2026, 11, 20, tzinfo=UTC) - SHANGHAI  # local midnight of 2026-11-20 in UTC
+# a local day two weeks back: inside the window of HEADEND_READING_MAX_AGE_DAYS whenever the tests run
+DAY = (datetime.now(UTC) + SHANGHAI).date() - timedelta(days=16)
+DAY_START = datetime.combine(DAY, datetime.min.time(), UTC) - SHANGHAI  # its local midnight in UTC
 
 
 def local_ts(slot: int) -> datetime:
-    """The UTC instant of 15-minute slot `slot` of the local day 2026-11-20."""
+    """The UTC instant of 15-minute slot `slot` of the local day DAY."""
     return DAY_START + timedelta(minutes=15 * slot)
 
 
@@ -74,8 +76,8 @@ def test_n_readings_become_n_rows(
     assert (
         count(
             db,
-            "SELECT count(*) FROM meter_day_collection WHERE day = '2026-11-20' "
-            "AND readings_count = 10 AND intervals_read = 10",
+            "SELECT count(*) FROM meter_day_collection WHERE day = %s AND readings_count = 10 AND intervals_read = 10",
+            DAY,
         )
         == 40
     )
