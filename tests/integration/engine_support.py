@@ -40,7 +40,9 @@ def seed_catalog(conn: Conn) -> Catalog:
 def store_readings(conn: Conn, readings: Iterable[tuple[str, datetime, int]], *, now: datetime | None = None) -> int:
     """Store (meter, ts, register Wh) readings through the ingest writer as of `now`; how many were inserted."""
     options = SchemaOptions.from_rows(conn.execute(SCHEMA_OPTIONS_SQL).fetchall())
-    writer = ReadingWriter(conn, options, timedelta(minutes=5))
+    # the engine's tests store readings of fixed days (2026-11-20 …) as of the wall clock: a window of ten years
+    # keeps them inside it for as long as anyone runs these tests
+    writer = ReadingWriter(conn, options, timedelta(minutes=5), max_age=timedelta(days=3660))
     now = now or datetime.now(UTC)
     decoded = Decoded(
         readings=[
