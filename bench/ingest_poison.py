@@ -273,7 +273,7 @@ def report(
 def main() -> int:
     """Parse the arguments and run."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=2000, help="examples drawn (about 6 messages each)")
+    parser.add_argument("--examples", type=int, default=1000, help="examples drawn (about 6 messages each)")
     parser.add_argument("--seed", type=int, default=int(datetime.now(UTC).timestamp()) % 100_000)
     args = parser.parse_args()
     return run_bench(lambda: run(args))
