@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -108,17 +109,29 @@ def test_simulated_fleet_through_mosquitto_into_postgresql(database_url: str, tm
     assert "80 meter(s) created" in imported.stdout
 
     worker = subprocess.Popen(
-        [sys.executable, "-m", "headend", "ingest"],
+        [sys.executable, "-m", "headend", "--log-level", "info", "ingest"],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    output: list[str] = []
+    subscribed = threading.Event()
+
+    def read_output() -> None:
+        assert worker.stdout is not None
+        for line in worker.stdout:
+            output.append(line)
+            if "subscribed to" in line:
+                subscribed.set()
+
+    reader = threading.Thread(target=read_output, daemon=True)
+    reader.start()
     try:
         start = datetime(day.year, day.month, day.day, tzinfo=SHANGHAI).isoformat()
         with psycopg.connect(database_url, autocommit=True) as conn:
-            # the worker subscribes before anything is published: its first partitions mean it is up
-            wait_for(lambda: count(conn, "SELECT count(*) FROM pg_inherits") > 0, 30, "the worker to start")
+            # the shared subscription must exist before anything is published, or the broker drops what comes first
+            assert subscribed.wait(30), f"the worker did not subscribe: {''.join(output)}"
             published = headend(
                 "simulate",
                 *fleet,
@@ -139,7 +152,10 @@ def test_simulated_fleet_through_mosquitto_into_postgresql(database_url: str, tm
             wait_for(lambda: count(conn, "SELECT count(*) FROM readings") == sent, 60, f"{sent} readings stored")
     finally:
         worker.send_signal(signal.SIGTERM)
-        worker.communicate(timeout=30)
+        worker.wait(timeout=30)
+        reader.join(5)
+        assert worker.stdout is not None
+        worker.stdout.close()
     report = headend("collection-report", "--date", day.isoformat(), "--json", "--by", "concentrator", env=env)
     assert report.returncode == 0, report.stderr
     body = json.loads(report.stdout)

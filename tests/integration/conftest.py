@@ -15,6 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import make_url
 
+from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, Storage
 from headend.db.migrate import migrate
 from headend.mqtt.client import connect, make_client
 from headend.registry.meter_import import MeterRow, import_meters
@@ -46,10 +47,28 @@ def database_url() -> Iterator[str]:
     url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
         migrate(url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
+        _pause_timescaledb_jobs(url)
         yield url
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def storage_of(conn: psycopg.Connection[Any]) -> Storage:
+    """How the database behind `conn` stores readings, as its migration recorded in `schema_options`."""
+    return SchemaOptions.from_rows(conn.execute(SCHEMA_OPTIONS_SQL).fetchall()).storage
+
+
+def _pause_timescaledb_jobs(url: str) -> None:
+    """Stop TimescaleDB's background jobs (aggregate refresh, compression) from running on this database."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        if storage_of(conn) is Storage.TIMESCALEDB:
+            # a refresh at a moment of the scheduler's choosing would materialize a day in the middle of a test;
+            # a test that wants the aggregate refreshed or a chunk compressed does it itself
+            conn.execute(
+                "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs "
+                "WHERE proc_name IN ('policy_refresh_continuous_aggregate', 'policy_compression')"
+            )
 
 
 @pytest.fixture
@@ -57,6 +76,26 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the test database."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def storage(db: psycopg.Connection[Any]) -> Storage:
+    """How the test database stores readings: TimescaleDB where the server can load it, native partitions otherwise."""
+    return storage_of(db)
+
+
+@pytest.fixture
+def partitioned_storage(storage: Storage) -> None:
+    """Skip the test unless the test database stores readings in native daily partitions."""
+    if storage is not Storage.PARTITIONED:
+        pytest.skip("about native daily partitions; readings are in a TimescaleDB hypertable on this server")
+
+
+@pytest.fixture
+def timescaledb_storage(storage: Storage) -> None:
+    """Skip the test unless the test database stores readings in a TimescaleDB hypertable."""
+    if storage is not Storage.TIMESCALEDB:
+        pytest.skip("about TimescaleDB; the test server cannot load it, so readings are in native daily partitions")
 
 
 def count(conn: psycopg.Connection[Any], sql: str, *params: object) -> int:

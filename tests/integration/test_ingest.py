@@ -98,7 +98,7 @@ def test_duplicates_add_no_rows(
     wait_for(lambda: running_worker.stats.messages == 150, 30, "150 messages handled")
     assert count(db, "SELECT count(*) FROM readings") == 50
     assert running_worker.stats.duplicates == 100
-    assert count(db, "SELECT sum(readings_count) FROM collection_daily") == 50
+    assert count(db, "SELECT sum(readings_count) FROM meter_day_collection") == 50
 
 
 def test_bad_messages_go_to_dead_letters_and_ingest_goes_on(
@@ -161,6 +161,7 @@ def test_register_decrease_and_rollover_are_stored_and_flagged(
     assert flags[f"{reset}@{int(local_ts(2).timestamp())}"] == 0
 
 
+@pytest.mark.usefixtures("partitioned_storage")
 def test_partitions_are_created_ahead_and_on_demand(
     db: psycopg.Connection[Any], unique: str, running_worker: IngestWorker, publisher: Publisher
 ) -> None:
@@ -213,7 +214,7 @@ def test_database_connection_lost_holds_and_retries(
             stop.set()
             killer.join()
     wait_for(lambda: count(db, "SELECT count(*) FROM readings") == 400, 60, "all 400 rows after the outage")
-    assert count(db, "SELECT sum(readings_count) FROM collection_daily") == 400
+    assert count(db, "SELECT sum(readings_count) FROM meter_day_collection") == 400
 
 
 def _worker_process(settings: Settings) -> subprocess.Popen[str]:
@@ -317,7 +318,8 @@ def test_worker_killed_mid_stream_loses_and_duplicates_nothing(
     assert stored_at_kill < expected
     assert count(db, "SELECT count(*) FROM readings WHERE meter_id LIKE %s", f"d{unique}%") == expected
     assert (
-        count(db, "SELECT sum(readings_count) FROM collection_daily WHERE meter_id LIKE %s", f"d{unique}%") == expected
+        count(db, "SELECT sum(readings_count) FROM meter_day_collection WHERE meter_id LIKE %s", f"d{unique}%")
+        == expected
     )
 
 
