@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 SUBSCRIBE_WAIT_S = 10.0
 RECONNECT_FIRST_S = 0.5  # the pause before the first attempt to reopen a lost database connection, then doubled
 RECONNECT_MAX_S = 30.0
+# a server that does not answer at all (a host gone) must not hold the loop, and its status lines, for minutes
+CONNECT_TIMEOUT_S = 10
 PAUSE_SLICE_S = 0.5  # a pause is waited in slices: a stop request ends it, status lines go on
 # an event whose handling failed with the database's errors this often in a row (the database coming back each
 # time) is refused: whatever it is, it must not hold back the events behind it for ever
@@ -115,9 +117,9 @@ class DatabaseLink:
         if self._clock() < self._next_attempt_at:
             return None
         try:
-            conn = connect_utc(self._url)
+            conn = connect_utc(self._url, timeout_s=CONNECT_TIMEOUT_S)
             try:
-                audit_conn = psycopg.connect(libpq_dsn(self._url), autocommit=True)
+                audit_conn = psycopg.connect(libpq_dsn(self._url), autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
             except BaseException:
                 conn.close()
                 raise

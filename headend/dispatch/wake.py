@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 COMMAND_REQUESTS_CHANNEL = "headend_command_requests"
 CHECK_S = 0.5  # the listener notices a stop within this
 RETRY_FIRST_S = 0.5
+CONNECT_TIMEOUT_S = 10
 RETRY_MAX_S = 30.0
 
 
@@ -43,7 +44,7 @@ def wake_on_command_requests(url: str, target: Wakeable, *stops: threading.Event
     failures = 0
     while not stopping():
         try:
-            with connect_utc(url) as conn:
+            with connect_utc(url, timeout_s=CONNECT_TIMEOUT_S) as conn:
                 listen(conn, COMMAND_REQUESTS_CHANNEL)
                 if failures:
                     log.info("listening for command requests again after %d failure(s)", failures)
