@@ -250,9 +250,10 @@ def test_an_event_whose_content_the_database_refuses_is_rolled_back_and_kept(
     running: Callable[[Settings], Running],
 ) -> None:
     register(db, ["rb1", "rb2"])
-    # stands for any refusal an event's content may provoke (a constraint, a value out of range)
-    db.execute(
-        """
+    # stands for any refusal an event's content may provoke (a constraint, a value out of range); set up as a superuser
+    with psycopg.connect(superuser_url(database_url), autocommit=True) as admin:
+        admin.execute(
+            """
         CREATE FUNCTION test_refuse_rb1() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
             IF NEW.meter_id = 'rb1' THEN
@@ -263,7 +264,7 @@ def test_an_event_whose_content_the_database_refuses_is_rolled_back_and_kept(
         CREATE TRIGGER test_refuse_rb1 BEFORE INSERT OR UPDATE ON meter_relays
             FOR EACH ROW EXECUTE FUNCTION test_refuse_rb1();
         """
-    )
+        )
     dispatcher = running(dispatch_settings(database_url, broker_port))
     wait_for(lambda: listening(db), 10, "the dispatcher")
     now = datetime.now(UTC)
@@ -384,6 +385,11 @@ class Customer:
 def responder_for(prefix: str, port: int, delay_s: tuple[float, float]) -> CommandResponder:
     fleet = Fleet((SimMeter(f"{prefix}m1", None, "test", "SIM-1", MeterKind.RESIDENTIAL, 1_000_000),), (), seed=7)
     return CommandResponder(fleet, BrokerConfig(host=MQTT_HOST, port=port), delay_s=delay_s)
+
+
+def superuser_url(database_url: str) -> str:
+    """The test database, as the administrator (whatever role the head-end's services use)."""
+    return make_url(ADMIN_URL).set(database=make_url(database_url).database).render_as_string(hide_password=False)
 
 
 def terminate_backends(database: str) -> int:
