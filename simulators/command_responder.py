@@ -110,8 +110,7 @@ class CommandResponder:
             clean_session=True,
             protocol=MQTTProtocolVersion.MQTTv311,
         )
-        if broker.username is not None:
-            self._client.username_pw_set(broker.username, broker.password)
+        broker.configure(self._client)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

@@ -37,6 +37,11 @@ class BrokerConfig:
     client_id: str = field(default_factory=lambda: f"simulator-{uuid.uuid4().hex[:12]}")
     username: str | None = None
     password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
     keepalive_s: int = 60
     connect_timeout_s: float = 10.0
     ack_timeout_s: float = 60.0
@@ -47,6 +52,21 @@ class BrokerConfig:
             raise ValueError(f"port {self.port} is outside 1..65535")
         if not 1 <= self.max_inflight <= 60000:
             raise ValueError(f"max_inflight {self.max_inflight} is outside 1..60000")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+
+    @property
+    def uses_tls(self) -> bool:
+        """Whether to connect over TLS: asked for, or implied by a CA or client certificate file."""
+        return self.tls or self.ca_file is not None or self.cert_file is not None
+
+    def configure(self, client: mqtt.Client) -> None:
+        """Give a paho client this config's credentials and TLS (the broker's certificate and name verified)."""
+        if self.username is not None:
+            client.username_pw_set(self.username, self.password)
+        if self.uses_tls:
+            client.tls_set(ca_certs=self.ca_file, certfile=self.cert_file, keyfile=self.key_file)
+            client.tls_insecure_set(self.tls_insecure)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +102,7 @@ class MqttPublisher:
             clean_session=True,
             protocol=MQTTProtocolVersion.MQTTv311,
         )
-        if broker.username is not None:
-            self._client.username_pw_set(broker.username, broker.password)
+        broker.configure(self._client)
         self._client.max_inflight_messages_set(broker.max_inflight)
         # our own bound (below) keeps memory in check; paho must never refuse a publish
         self._client.max_queued_messages_set(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
     from simulators.fleet_sim import SimulationCounts
 
 DEFAULT_INTERVALS = INTERVALS_PER_DAY
+
+
+def relay_account(username: str) -> str:
+    """The broker account of the relay answers of a simulator that publishes readings as `username`."""
+    return f"{username}-relay"
 
 
 def _fraction(value: float, option: str) -> float:
@@ -205,6 +211,11 @@ def simulate(
         port=port or settings.mqtt_port,
         username=settings.mqtt_username,
         password=settings.mqtt_password,
+        tls=settings.mqtt_tls_enabled,
+        ca_file=settings.mqtt_tls_ca_file,
+        cert_file=settings.mqtt_tls_cert_file,
+        key_file=settings.mqtt_tls_key_file,
+        tls_insecure=settings.mqtt_tls_insecure,
     )
     simulation = FleetSimulation(fleet, faults, zone=zone)
     typer.echo(_describe(fleet))
@@ -224,8 +235,11 @@ def simulate(
             offline_ids=simulation.plan.offline_ids,
         )
         # the responder moves the MeterSims' relays, so an open relay meters nothing in the readings published
+        # a broker configured by `headend broker-config` takes the username as the session id: the responder's
+        # connection needs an account of its own, or the two connections would keep disconnecting each other
+        relay_broker = broker if broker.username is None else replace(broker, username=relay_account(broker.username))
         responder = CommandResponder(
-            fleet, broker, faults=relay_faults, meters=simulation.meters, button_delay_s=button_delay_s
+            fleet, relay_broker, faults=relay_faults, meters=simulation.meters, button_delay_s=button_delay_s
         )
         faulty = sum(1 for f in relay_faults.values() if f is not RelayFault.NONE)
         typer.echo(f"answering relay commands ({faulty} meters with a relay fault)")
