@@ -1,0 +1,1 @@
+"""Who may do what on the broker: device credentials, service accounts, the generated Mosquitto configuration."""
