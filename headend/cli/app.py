@@ -12,6 +12,7 @@ import typer
 
 from headend.cli.accounts import account_app
 from headend.cli.api import channel_app, serve_command, token_app
+from headend.cli.broker import broker_config_command, devices_app
 from headend.cli.catalog import calendar_app, policy_app, tariff_app
 from headend.cli.collection import collection_report_command
 from headend.cli.common import command_group
@@ -46,6 +47,8 @@ app.add_typer(alarm_app, name="alarm")
 app.command("serve")(serve_command)
 app.add_typer(token_app, name="api-token")
 app.add_typer(channel_app, name="channel")
+app.add_typer(devices_app, name="devices")
+app.command("broker-config")(broker_config_command)
 
 
 @app.callback()

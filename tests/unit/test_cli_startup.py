@@ -33,7 +33,14 @@ def _modules_after(*args: str) -> set[str]:
 
 @pytest.mark.parametrize(
     "args",
-    [("--help",), ("meters", "--help"), ("account", "--help"), ("command", "--help"), ("api-token", "--help")],
+    [
+        ("--help",),
+        ("meters", "--help"),
+        ("account", "--help"),
+        ("command", "--help"),
+        ("api-token", "--help"),
+        ("devices", "credentials", "--help"),
+    ],
     ids=" ".join,
 )
 def test_help_imports_nothing_heavy(args: tuple[str, ...]) -> None:
