@@ -26,6 +26,10 @@ COPY simulators ./simulators
 RUN uv sync --frozen --no-dev --no-editable
 
 RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin headend
+# Where `headend broker-config` writes the broker's configuration in docker-compose.yml: owned by
+# uid 1883, the eclipse-mosquitto image's mosquitto user, which the broker-config service runs as.
+# An empty named volume mounted here takes this ownership.
+RUN mkdir /broker && chown 1883:1883 /broker
 USER headend
 
 ENV PATH="/app/.venv/bin:$PATH"
