@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
 
+from headend.db.collection_days import DaySource, collection_day
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions
 from headend.reports.grouping import GroupBy
 
@@ -90,7 +91,7 @@ _PER_METER = """
            c.meter_id IS NOT NULL AS was_read,
            coalesce(c.intervals_read, 0) >= %(intervals)s AS was_complete
     FROM meters m
-    LEFT JOIN meter_day_collection c ON c.meter_id = m.meter_id AND c.day = %(day)s
+    LEFT JOIN ({day_rows}) c ON c.meter_id = m.meter_id
     WHERE m.status = 'active'
       -- expected from its installation day (or registration); a meter read that day was evidently there
       AND (coalesce(m.installed_on <= %(day)s, m.created_at < %(day_end)s) OR c.meter_id IS NOT NULL)
@@ -102,12 +103,12 @@ def _counts(row: tuple[Any, ...]) -> CollectionCounts:
 
 
 def _grouped(
-    conn: psycopg.Connection[Any], column: str, params: dict[str, Any], limit: int | None
+    conn: psycopg.Connection[Any], per_meter: str, column: str, params: dict[str, Any], limit: int | None
 ) -> list[GroupCounts]:
     assert column in ("concentrator_id", "region")
     rows = conn.execute(
         f"SELECT coalesce({column}, '(direct)'), count(*), count(*) FILTER (WHERE was_read), "
-        f"count(*) FILTER (WHERE was_complete) FROM ({_PER_METER}) pm GROUP BY 1 "
+        f"count(*) FILTER (WHERE was_complete) FROM ({per_meter}) pm GROUP BY 1 "
         "ORDER BY count(*) FILTER (WHERE was_read)::float / count(*), count(*) DESC, 1"
         + ("" if limit is None else f" LIMIT {int(limit)}"),
         params,
@@ -124,24 +125,36 @@ def collection_report(
     unread_limit: int = 50,
 ) -> CollectionReport:
     """Compute the collection report for the local `day` of the zone the daily statistics were bucketed in."""
+    options = SchemaOptions.from_rows(conn.execute(SCHEMA_OPTIONS_SQL).fetchall())
+    zone = ZoneInfo(options.collection_timezone)
+    # before the report's transaction: on TimescaleDB it may refresh the day, which cannot run inside one
+    day_rows = collection_day(conn, options, day)
+    per_meter = _PER_METER.format(day_rows=day_rows.sql)
+    params: dict[str, Any] = {**day_rows.params, "intervals": INTERVALS_PER_DAY}
     with conn.transaction():
-        zone = ZoneInfo(SchemaOptions.from_rows(conn.execute(SCHEMA_OPTIONS_SQL).fetchall()).collection_timezone)
-        day_end = datetime.combine(day + timedelta(days=1), time(), zone)
-        params: dict[str, Any] = {"day": day, "day_end": day_end, "intervals": INTERVALS_PER_DAY}
+        if day_rows.source in (DaySource.LIVE, DaySource.READINGS):
+            # the queries below read the day 3 or 4 times, and aggregated from readings each read is a pass over the
+            # day's chunks (20,000 meters: a live day's report 17–24 s, 6.7 s with one pass)
+            conn.execute("DROP TABLE IF EXISTS pg_temp.collection_report_day")
+            conn.execute(
+                "CREATE TEMP TABLE collection_report_day (meter_id varchar(32) PRIMARY KEY, readings_count integer, "
+                "intervals_read integer) ON COMMIT DROP"
+            )
+            conn.execute(f"INSERT INTO collection_report_day {day_rows.sql}", day_rows.params)
+            per_meter = _PER_METER.format(day_rows="SELECT * FROM collection_report_day")
         total = conn.execute(
             f"SELECT count(*), count(*) FILTER (WHERE was_read), count(*) FILTER (WHERE was_complete) "
-            f"FROM ({_PER_METER}) pm",
+            f"FROM ({per_meter}) pm",
             params,
         ).fetchone()
         assert total is not None
-        groups = (
-            []
-            if group_by is None
-            else _grouped(conn, "concentrator_id" if group_by is GroupBy.CONCENTRATOR else "region", params, None)
-        )
-        worst_dcus = [g for g in _grouped(conn, "concentrator_id", params, worst + 1) if g.key != "(direct)"][:worst]
+        group_column = "concentrator_id" if group_by is GroupBy.CONCENTRATOR else "region"
+        groups = [] if group_by is None else _grouped(conn, per_meter, group_column, params, None)
+        worst_dcus = [
+            g for g in _grouped(conn, per_meter, "concentrator_id", params, worst + 1) if g.key != "(direct)"
+        ][:worst]
         unread_rows = conn.execute(
-            f"SELECT pm.meter_id, pm.concentrator_id, pm.region, s.last_ts FROM ({_PER_METER}) pm "
+            f"SELECT pm.meter_id, pm.concentrator_id, pm.region, s.last_ts FROM ({per_meter}) pm "
             "LEFT JOIN meter_register_state s USING (meter_id) WHERE NOT was_read "
             "ORDER BY s.last_ts NULLS FIRST, pm.meter_id LIMIT %(limit)s",
             {**params, "limit": unread_limit},

@@ -11,9 +11,11 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner, Result
 
 from headend.cli.app import app
+from headend.db.collection_days import DaySource, collection_day
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions
 from headend.ingest.messages import Decoded, SourcedReading
 from headend.ingest.writer import ReadingWriter
@@ -27,7 +29,7 @@ from headend.reports.collection import (
 )
 from headend.reports.grouping import GroupBy
 from protocols.readings import MeterReading
-from tests.integration.conftest import count, register
+from tests.integration.conftest import ADMIN_URL, count, register
 
 pytestmark = pytest.mark.integration
 
@@ -303,3 +305,112 @@ def test_a_meter_read_on_the_day_is_expected_even_if_registered_later(
     db.execute("UPDATE meters SET installed_on = %s", (DAY,))
     totals = collection_report(db, DAY).totals
     assert (totals.expected, totals.read, totals.complete) == (2, 1, 1)
+
+
+# --------------------------------------------------------------------------- TimescaleDB: days already materialized
+
+
+def _refresh_aggregate(db: psycopg.Connection[Any], start: datetime, end: datetime) -> None:
+    db.execute("CALL refresh_continuous_aggregate('collection_daily_cagg', %s, %s)", (start, end))
+
+
+def _intervals_read(db: psycopg.Connection[Any], meter_id: str, day: date) -> int | None:
+    row = db.execute(
+        "SELECT intervals_read FROM meter_day_collection WHERE meter_id = %s AND day = %s", (meter_id, day)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _as_role(database_url: str, role: str) -> str:
+    return make_url(database_url).set(username=role, password=None).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def aggregate_owner_url(db: psycopg.Connection[Any], database_url: str) -> str:
+    """The test database as the owner of the continuous aggregate and of `readings`: it may refresh and compress."""
+    row = db.execute("SELECT relowner::regrole::text FROM pg_class WHERE oid = 'collection_daily_cagg'::regclass")
+    owner = row.fetchone()
+    assert owner is not None
+    return _as_role(database_url, str(owner[0]))
+
+
+@pytest.fixture
+def owner_db(aggregate_owner_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection as the owner of the continuous aggregate."""
+    with psycopg.connect(aggregate_owner_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def select_only_url(database_url: str, unique: str) -> Iterator[str]:
+    """The test database as a new role that may read every table and owns nothing: it may not refresh the aggregate."""
+    role = f"headend_test_reader_{unique}"
+    admin_url = make_url(ADMIN_URL).set(database=make_url(database_url).database).render_as_string(hide_password=False)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{role}"')
+        yield _as_role(database_url, role)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP OWNED BY "{role}"')
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE "{role}"')
+
+
+@pytest.mark.usefixtures("timescaledb_storage")
+@pytest.mark.parametrize("compressed", [False, True], ids=["recent", "compressed"])
+@pytest.mark.parametrize(
+    ("reporter", "source"),
+    [("aggregate_owner_url", DaySource.REFRESHED), ("select_only_url", DaySource.READINGS)],
+    ids=["owner", "select-only"],
+)
+def test_readings_stored_late_for_a_materialized_day_count_at_once(
+    db: psycopg.Connection[Any],
+    owner_db: psycopg.Connection[Any],
+    writer: ReadingWriter,
+    request: pytest.FixtureRequest,
+    reporter: str,
+    source: DaySource,
+    compressed: bool,
+) -> None:
+    register(db, ["ts-full", "ts-half", "ts-backlog"], concentrator="dcu-t", region="t")
+    db.execute("UPDATE meters SET created_at = %s", (LONG_AGO,))
+    write(writer, {"ts-full": [slot(n) for n in range(96)], "ts-half": [slot(n) for n in range(48)]})
+    _refresh_aggregate(owner_db, DAY_START, NEXT_DAY_START)
+    if compressed:
+        # a day older than the compression policy's 7 days: its chunk is compressed before the backlog comes
+        owner_db.execute("SELECT compress_chunk(c) FROM show_chunks('readings') c")
+    # a re-read of the other half of ts-half's day, and a concentrator's backlog for ts-backlog
+    write(writer, {"ts-half": [slot(n) for n in range(48, 96)], "ts-backlog": [slot(n) for n in range(96)]})
+    # the aggregate holds the day as it was materialized: the late readings are not in it yet
+    assert (_intervals_read(db, "ts-half", DAY), _intervals_read(db, "ts-backlog", DAY)) == (48, None)
+
+    with psycopg.connect(request.getfixturevalue(reporter), autocommit=True) as conn:
+        options = SchemaOptions.from_rows(conn.execute(SCHEMA_OPTIONS_SQL).fetchall())
+        report = collection_report(conn, DAY, group_by=GroupBy.CONCENTRATOR)
+        assert collection_day(conn, options, DAY).source is source
+    assert report.totals == CollectionCounts(expected=3, read=3, complete=3)
+    assert report.groups == [GroupCounts("dcu-t", CollectionCounts(3, 3, 3))]
+    assert report.unread == []
+    # the owner refreshed the day; a role that may not left the aggregate as it was and counted from `readings`
+    expected_view = (96, 96) if source is DaySource.REFRESHED else (48, None)
+    assert (_intervals_read(db, "ts-half", DAY), _intervals_read(db, "ts-backlog", DAY)) == expected_view
+
+
+@pytest.mark.usefixtures("timescaledb_storage")
+def test_a_report_does_not_materialize_days_the_aggregate_reads_live(
+    db: psycopg.Connection[Any], owner_db: psycopg.Connection[Any], writer: ReadingWriter
+) -> None:
+    register(db, ["ts-1"], region="t")
+    db.execute("UPDATE meters SET created_at = %s", (LONG_AGO,))
+    write(writer, {"ts-1": [slot(n, DAY_START + timedelta(days=d)) for d in (-1, 0, 1) for n in range(4)]})
+    # the 19th is materialized; the 20th and 21st lie past the aggregate's watermark and are read from `readings`
+    _refresh_aggregate(owner_db, DAY_START - timedelta(days=1), DAY_START)
+    report = collection_report(owner_db, date(2026, 11, 21))
+    assert report.totals == CollectionCounts(expected=1, read=1, complete=0)
+    # refreshing the 21st would have moved the watermark past the 20th, which nothing materialized: read as empty
+    assert _intervals_read(db, "ts-1", DAY) == 4
+    write(writer, {"ts-1": [slot(n, NEXT_DAY_START) for n in range(4, 8)]})
+    assert _intervals_read(db, "ts-1", date(2026, 11, 21)) == 8
