@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -35,13 +35,10 @@ def ensure_partitions(conn: psycopg.Connection[Any], days: Iterable[date]) -> li
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK_KEY,))
         created: list[date] = []
         for day in sorted(wanted - existing_partition_days(conn)):
-            start = datetime.combine(day, time(), UTC)
-            end = start + timedelta(days=1)
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF readings "
-                f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
-            )
-            created.append(day)
+            # through the owner's SECURITY DEFINER function (migration 0020): the caller needn't own `readings`
+            row = conn.execute("SELECT create_readings_partition(%s)", (day,)).fetchone()
+            if row is not None and row[0]:
+                created.append(day)
     return created
 
 
