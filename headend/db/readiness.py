@@ -39,6 +39,13 @@ def check_schema(conn: psycopg.Connection[Any]) -> None:
         found = {str(row[0]) for row in conn.execute("SELECT version_num FROM alembic_version")}
     except psycopg.errors.UndefinedTable:
         found = set()
+    except psycopg.errors.InsufficientPrivilege:
+        # every role of the head-end may read it once the grants are applied (headend.db.grants)
+        raise SchemaNotReadyError(
+            f'user "{conn.info.user}" may not read the schema of database "{conn.info.dbname}": it is not one of the '
+            "head-end's roles, or the grants were never applied; run `headend db roles` as an administrator, then "
+            "`headend migrate` as the owner role"
+        ) from None
     needed = head_revision()
     if found == {needed}:
         return

@@ -62,12 +62,15 @@ def _timescaledb_usable(required: bool) -> bool:
             sa.text(
                 "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'timescaledb'), "
                 "EXISTS (SELECT FROM pg_available_extensions WHERE name = 'timescaledb'), "
-                "current_setting('shared_preload_libraries')"
+                "CASE WHEN pg_has_role('pg_read_all_settings', 'USAGE') "
+                "THEN current_setting('shared_preload_libraries') END"
             )
         )
         .one()
     )
-    status = timescaledb_status(created=created, installed=installed, preload_libraries=preload)
+    if preload is None and installed and not created:
+        return _unknown_preload(required)
+    status = timescaledb_status(created=created, installed=installed, preload_libraries=preload or "")
     if status is TimescaleDB.LOADABLE:
         return True
     if status is TimescaleDB.NOT_PRELOADED:
@@ -88,6 +91,26 @@ def _timescaledb_usable(required: bool) -> bool:
             "HEADEND_REQUIRE_TIMESCALEDB is set but the timescaledb extension is not installed on this server; "
             f"install TimescaleDB, {_PRELOAD_HINT}, then migrate again"
         )
+    return False
+
+
+def _unknown_preload(required: bool) -> bool:
+    """TimescaleDB installed, not created here, and this role (the owner, no superuser) may not see if it is preloaded.
+
+    `headend db roles` creates the extension, as a superuser, whenever the server can load it; its absence here means
+    it can't be loaded or the roles were never set up. Creating it blind could end the session (FATAL).
+    """
+    if required:
+        raise TimescaleDBUnavailableError(
+            "HEADEND_REQUIRE_TIMESCALEDB is set but the timescaledb extension is not created in this database, and "
+            "this role may not see whether the server preloads it; run `headend db roles` as an administrator (it "
+            "creates the extension when the server can load it), then migrate again"
+        )
+    logging.getLogger("headend.migrations").warning(
+        "TimescaleDB is installed on this server but not created in this database, and this role may not see whether "
+        "it is preloaded: readings are stored in native daily partitions instead. To use TimescaleDB, run "
+        "`headend db roles` as an administrator before migrating a new database."
+    )
     return False
 
 
