@@ -44,6 +44,26 @@ class Settings(BaseSettings):
     require_timescaledb: bool = Field(
         default=False, description="fail at migration when the timescaledb extension is missing"
     )
+    db_admin_url: str | None = Field(
+        default=None,
+        description="a superuser's URL, used only by `headend db roles` (never by a service); unset with the embedded "
+        "server: its own",
+    )
+    db_role_prefix: str = Field(
+        default="headend_",
+        pattern=r"^[a-z_][a-z0-9_]{0,40}$",
+        description="the database roles are this plus owner, ingest, engine, dispatch, api, reporting, operator; "
+        "roles are per server, so two head-ends on one server need different prefixes",
+    )
+    db_password_owner: SecretStr | None = Field(default=None, description="`db roles`: the owner role's password")
+    db_password_ingest: SecretStr | None = Field(default=None, description="`db roles`: the ingest role's password")
+    db_password_engine: SecretStr | None = Field(default=None, description="`db roles`: the engine role's password")
+    db_password_dispatch: SecretStr | None = Field(default=None, description="`db roles`: the dispatch role's password")
+    db_password_api: SecretStr | None = Field(default=None, description="`db roles`: the api role's password")
+    db_password_reporting: SecretStr | None = Field(
+        default=None, description="`db roles`: the reporting role's password"
+    )
+    db_password_operator: SecretStr | None = Field(default=None, description="`db roles`: the operator role's password")
     mqtt_host: str | None = Field(default=None, description="broker host; unset means the embedded broker")
     mqtt_port: int = 1883
     mqtt_username: str | None = Field(default=None, description="the broker account this process connects as")

@@ -16,6 +16,7 @@ from headend.cli.broker import broker_config_command, devices_app
 from headend.cli.catalog import calendar_app, policy_app, tariff_app
 from headend.cli.collection import collection_report_command
 from headend.cli.common import command_group
+from headend.cli.db import db_app
 from headend.cli.demo import demo
 from headend.cli.dispatch import alarm_app, command_app, dispatch_command
 from headend.cli.engine import engine_command, settle_command
@@ -29,6 +30,7 @@ from headend.runtime.logging import LogFormat, LogLevel, configure_logging
 
 app = command_group("Head-end and prepaid control system for electricity meters.", cls=ExplainingGroup)
 app.command("migrate")(migrate)
+app.add_typer(db_app, name="db")
 app.command("ingest")(ingest)
 app.add_typer(meters_app, name="meters")
 app.command("collection-report")(collection_report_command)

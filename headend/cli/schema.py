@@ -8,11 +8,16 @@ from headend.cli.common import load_settings
 
 
 def migrate() -> None:
-    """Create or upgrade the database schema (TimescaleDB when available, partitions otherwise)."""
-    from headend.db.connection import database_url
+    """Create or upgrade the database schema as its owner (TimescaleDB or partitions), then apply the roles' grants."""
+    from headend.db.connection import migration_url
     from headend.db.migrate import migrate as run_migrations
 
     settings = load_settings()
-    with database_url(settings) as url:
-        run_migrations(url, require_timescaledb=settings.require_timescaledb, collection_timezone=settings.timezone)
+    with migration_url(settings) as url:
+        run_migrations(
+            url,
+            require_timescaledb=settings.require_timescaledb,
+            collection_timezone=settings.timezone,
+            role_prefix=settings.db_role_prefix,
+        )
     typer.echo("schema is up to date")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +12,57 @@ import psycopg
 
 from headend.db.embedded import embedded_postgres
 from headend.db.engine import connect_utc
+from headend.db.grants import DbRole
 from headend.db.readiness import check_schema, connection_failure
+from headend.db.roles import ensure_roles, role_names, role_url, setup_roles
 from headend.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseUrls:
+    """The URLs a command may use: the services', the schema owner's (`migrate`), a superuser's if known."""
+
+    service: str
+    owner: str
+    admin: str | None
+
+
+@contextlib.contextmanager
+def database_urls(settings: Settings) -> Iterator[DatabaseUrls]:
+    """HEADEND_DATABASE_URL for everything, or the embedded server in HEADEND_DATA_DIR with the head-end's roles.
+
+    The embedded server keeps one role for every command and worker, operator (the union of the service roles'
+    grants, owning nothing), and migrates as the owner role: what runs there is refused what it would be refused in
+    production. Its roles are created here when missing.
+    """
+    if settings.database_url:
+        yield DatabaseUrls(settings.database_url, settings.database_url, settings.db_admin_url)
+        return
+    with embedded_postgres(Path(settings.data_dir)) as admin:
+        names = role_names(settings.db_role_prefix)
+        with connect_database(admin) as conn:
+            ensure_roles(conn, names, {})
+        yield DatabaseUrls(role_url(admin, names[DbRole.OPERATOR]), role_url(admin, names[DbRole.OWNER]), admin)
 
 
 @contextlib.contextmanager
 def database_url(settings: Settings) -> Iterator[str]:
-    """The configured HEADEND_DATABASE_URL, or the URL of the embedded server kept in HEADEND_DATA_DIR."""
-    if settings.database_url:
-        yield settings.database_url
-        return
-    with embedded_postgres(Path(settings.data_dir)) as url:
-        yield url
+    """The configured HEADEND_DATABASE_URL, or the embedded server's as its operator role."""
+    with database_urls(settings) as urls:
+        yield urls.service
+
+
+@contextlib.contextmanager
+def migration_url(settings: Settings) -> Iterator[str]:
+    """The configured HEADEND_DATABASE_URL (the owner role's in production), or the embedded server's owner role's.
+
+    On the embedded server the roles are set up first (`setup_roles`: the schema handed to the owner, the grants).
+    """
+    with database_urls(settings) as urls:
+        if not settings.database_url:
+            assert urls.admin is not None
+            setup_roles(urls.admin, settings.db_role_prefix, {})
+        yield urls.owner
 
 
 @contextlib.contextmanager
