@@ -17,9 +17,11 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
-from headend.db.connection import connect_database, database_url
+from headend.db.connection import connect_database, database_urls
 from headend.db.engine import libpq_dsn
+from headend.db.grants import DbRole
 from headend.db.migrate import migrate
+from headend.db.roles import role_names, role_url, setup_roles
 from headend.demo.prepaid_loop import DemoMeter, PrepaidLoop
 from headend.ingest.worker import IngestWorker
 from headend.mqtt.embedded_broker import EmbeddedBroker, free_port
@@ -103,15 +105,28 @@ def run_demo(
     settings: Settings, options: DemoOptions, echo: Callable[[str], None], stop: threading.Event
 ) -> CollectionReport:
     """Run the whole collection loop and return the final report of the last simulated day."""
-    with database_url(settings) as server_url, broker_settings(settings) as live:
+    with database_urls(settings) as urls, broker_settings(settings) as live:
         if settings.database_url:
-            url = server_url
+            url = owner_url = urls.service
             echo("database: configured")
         else:
-            url = fresh_demo_database(server_url)
-            echo(f"database: embedded PostgreSQL in {settings.data_dir}, database {DEMO_DATABASE} (new for each demo)")
+            assert urls.admin is not None
+            # set up as production is: migrated by the owner role, everything else run as operator (owning nothing)
+            admin_url = fresh_demo_database(urls.admin)
+            setup_roles(admin_url, settings.db_role_prefix, {})
+            names = role_names(settings.db_role_prefix)
+            url, owner_url = role_url(admin_url, names[DbRole.OPERATOR]), role_url(admin_url, names[DbRole.OWNER])
+            echo(
+                f"database: embedded PostgreSQL in {settings.data_dir}, database {DEMO_DATABASE} (new for each demo), "
+                f"as role {names[DbRole.OPERATOR]}"
+            )
         echo(f"broker: {live.mqtt_host}:{live.mqtt_port} ({'configured' if settings.mqtt_host else 'embedded'})")
-        migrate(url, require_timescaledb=settings.require_timescaledb, collection_timezone=settings.timezone)
+        migrate(
+            owner_url,
+            require_timescaledb=settings.require_timescaledb,
+            collection_timezone=settings.timezone,
+            role_prefix=settings.db_role_prefix,
+        )
         fleet = build_fleet(
             options.meters, options.concentrators, list(options.regions), options.seed, id_prefix="DEMO"
         )
