@@ -79,14 +79,15 @@ Connection = psycopg.Connection[Any]
 Cursor = psycopg.Cursor[Any]
 
 ENGINE_ACTOR: Final = "engine"
-# and the time of the current meter's newest stored reading: a meter with none after the batch's window needs no
-# look for its next reading; and its stored-readings counter, read before the readings are (migration 0018): what
-# the batch reads includes every reading stored up to it, so the account has seen that far
+# and, from `s`, the current meter's `meter_register_state` row: the time of its newest stored reading (a meter with
+# none after the batch's window needs no look for its next reading) and its stored-readings counter, read before the
+# readings are (migration 0018): what the batch reads includes every reading stored up to it, so the account has
+# seen that far
 _ACCOUNT_SELECT: Final = ", ".join(f"a.{c}" for c in ACCOUNT_COLUMNS) + (
-    ", a.seen_stored_seq"
-    ", (SELECT s.last_ts FROM meter_register_state s WHERE s.meter_id = a.meter_id) AS meter_last_ts"
-    ", (SELECT s.stored_seq FROM meter_register_state s WHERE s.meter_id = a.meter_id) AS meter_stored_seq"
+    ", a.seen_stored_seq, s.last_ts AS meter_last_ts, s.stored_seq AS meter_stored_seq"
 )
+# one look-up of the meter's row per account serves both the selection and the select list; NULL: nothing stored
+ACCOUNT_FROM: Final = "prepaid_accounts a LEFT JOIN meter_register_state s ON s.meter_id = a.meter_id"
 _STAGE_SQL: Final = f"""
     CREATE TEMP TABLE IF NOT EXISTS engine_account_stage ON COMMIT DELETE ROWS AS
     SELECT account_id, {", ".join(STATE_COLUMNS)}, seen_until, seen_stored_seq, due_at, wake_at, NULL::bool AS decided
@@ -190,9 +191,7 @@ class BatchFailedError(RuntimeError):
 # account has seen, however long ago it was stored (the counter is durable: `reading_batches` is not)
 _DUE_ROW_SQL: Final = """
     (a.due_at <= %(now)s OR a.wake_at <= %(now)s
-     OR (a.due_at IS NULL AND (a.seen_until < %(cu)s OR %(eager)s)
-         AND EXISTS (SELECT 1 FROM meter_register_state s
-                     WHERE s.meter_id = a.meter_id AND s.stored_seq > a.seen_stored_seq)))
+     OR (a.due_at IS NULL AND (a.seen_until < %(cu)s OR %(eager)s) AND s.stored_seq > a.seen_stored_seq))
 """
 
 
@@ -245,9 +244,10 @@ def charge_next(
     """Lock up to `limit` accounts with ids after `after` that meet `condition_sql`, in id order, and charge them in
     one transaction; with `skip_locked`, accounts another transaction holds are passed over instead of waited for.
 
-    `condition_sql` is a condition on `a`, the `prepaid_accounts` row, with named placeholders from `params` (and
-    `now`). Returns what was done and the ids taken, in order (none: no such account after `after`). Raises
-    `BatchFailedError` with the ids when the batch fails for any reason but a lost connection.
+    `condition_sql` is a condition on `a`, the `prepaid_accounts` row, and `s`, its meter's `meter_register_state`
+    row (NULL when the meter has stored nothing), with named placeholders from `params` (and `now`). Returns what
+    was done and the ids taken, in order (none: no such account after `after`). Raises `BatchFailedError` with the
+    ids when the batch fails for any reason but a lost connection.
     """
     assert complete_until <= now
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
@@ -322,13 +322,14 @@ def _lock_account_rows(
     skip_locked: bool,
     limit: int | None = None,
 ) -> list[dict[str, Any]]:
-    """The `prepaid_accounts` rows meeting `condition_sql` (on `a`), in id order, at most `limit`, locked FOR UPDATE
-    — or, with `skip_locked`, passed over while another transaction holds them; the catalog refreshed first."""
+    """The `prepaid_accounts` rows meeting `condition_sql` (on `a` and `s`: see `charge_next`), in id order, at most
+    `limit`, locked FOR UPDATE — or, with `skip_locked`, passed over while another transaction holds them; the
+    catalog refreshed first."""
     catalog.refresh(cur.connection)
     set_json_loads(_load_json, cur)
     cur.execute(
-        f"SELECT {_ACCOUNT_SELECT} FROM prepaid_accounts a WHERE {condition_sql} ORDER BY a.account_id"
-        f"{'' if limit is None else ' LIMIT %(limit)s'} FOR UPDATE{' SKIP LOCKED' if skip_locked else ''}",
+        f"SELECT {_ACCOUNT_SELECT} FROM {ACCOUNT_FROM} WHERE {condition_sql} ORDER BY a.account_id"
+        f"{'' if limit is None else ' LIMIT %(limit)s'} FOR UPDATE OF a{' SKIP LOCKED' if skip_locked else ''}",
         params if limit is None else {**params, "limit": limit},
     )
     return cur.fetchall()
@@ -885,4 +886,4 @@ def _save_accounts(
     assert cur.rowcount == len(works), (cur.rowcount, len(works))
 
 
-__all__ = ["BatchFailedError", "BatchStats", "charge_accounts", "charge_due", "charge_next"]
+__all__ = ["ACCOUNT_FROM", "BatchFailedError", "BatchStats", "charge_accounts", "charge_due", "charge_next"]

@@ -21,7 +21,7 @@ import psycopg
 
 from headend.db.engine import connect_utc
 from headend.engine.catalog import Catalog
-from headend.engine.charging import BatchStats, charge_next
+from headend.engine.charging import ACCOUNT_FROM, BatchStats, charge_next
 from headend.engine.runner import tune_gc_for_batches
 
 Connection = psycopg.Connection[Any]
@@ -149,9 +149,10 @@ def settle_day(
 # whenever it was stored); a meter replacement after its last consumed reading, up to `complete_until`; a reading
 # that became chargeable since it was looked at (`due_at`); a deferred decision whose time came. Every other account
 # is left as it is — on a day the runner kept up with, nearly all of them — so a settlement writes nothing for them.
+# `s` is the meter's `meter_register_state` row, joined: about half the time of a subquery per account.
 _HAS_WORK_SQL = """
     (a.due_at <= %(now)s OR a.wake_at <= %(now)s
-     OR EXISTS (SELECT 1 FROM meter_register_state s WHERE s.meter_id = a.meter_id AND s.stored_seq > a.seen_stored_seq)
+     OR s.stored_seq > a.seen_stored_seq
      OR (a.seen_until < %(cu)s
          AND EXISTS (SELECT 1 FROM account_meters m
                      WHERE m.account_id = a.account_id AND m.installed_at > a.anchor_ts AND m.installed_at <= %(cu)s)))
@@ -160,7 +161,7 @@ _HAS_WORK_SQL = """
 
 def _left_to_charge(conn: Connection, zone: ZoneInfo, now: datetime, cu: datetime, *, at_most: int) -> int:
     row = conn.execute(
-        f"SELECT count(*) FROM (SELECT 1 FROM prepaid_accounts a WHERE a.zone = %(zone)s AND {_HAS_WORK_SQL} "
+        f"SELECT count(*) FROM (SELECT 1 FROM {ACCOUNT_FROM} WHERE a.zone = %(zone)s AND {_HAS_WORK_SQL} "
         "LIMIT %(n)s) AS t",
         {"zone": zone.key, "now": now, "cu": cu, "n": at_most},
     ).fetchone()
