@@ -115,3 +115,17 @@ def test_a_second_demo_in_the_same_data_dir_tells_the_whole_loop_again(demo_run:
     assert again.returncode == 0, again.stdout + again.stderr
     assert "disconnect confirmed by the meter (relay open)" in again.stdout
     assert "reconnect confirmed by the meter (relay closed)" in again.stdout
+
+
+def test_the_demo_runs_as_the_operator_role_on_a_schema_the_owner_role_owns(
+    demo_run: tuple[str, Path], db: psycopg.Connection[Any]
+) -> None:
+    # the embedded database is refused what production is: nothing of the loop ran as the superuser
+    assert "as role headend_operator" in demo_run[0]
+    owners = rows(
+        db,
+        "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm')",
+    )
+    assert owners == [("headend_owner",)]
+    assert rows(db, "SELECT has_table_privilege('headend_operator', 'ledger_postings', 'UPDATE')") == [(False,)]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -16,12 +18,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy.engine import make_url
 
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, Storage
+from headend.db.grants import DbRole, role_name
 from headend.db.migrate import migrate
+from headend.db.roles import role_url, setup_roles
 from headend.mqtt.client import connect, make_client
 from headend.registry.meter_import import MeterRow, import_meters
 from headend.settings import Settings
 
 ADMIN_URL = os.environ.get("HEADEND_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# the head-end's roles on the test server; shared by every test database (and every test run) of the server
+ROLE_PREFIX = os.environ.get("HEADEND_TEST_DB_ROLE_PREFIX", "headend_")
 MQTT_HOST = os.environ.get("HEADEND_TEST_MQTT_HOST", "127.0.0.1")
 MQTT_PORT = int(os.environ.get("HEADEND_TEST_MQTT_PORT", "1883"))
 
@@ -38,20 +44,69 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
     pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
 
 
-@pytest.fixture
-def database_url() -> Iterator[str]:
-    """A freshly created and migrated database, dropped afterwards."""
+@dataclass(frozen=True, slots=True)
+class MigratedDatabase:
+    """A migrated test database: a superuser's URL for setting up and looking behind, the operator role's URL."""
+
+    admin_url: str
+    url: str  # the operator role: every service's grants (a member of their roles), owning nothing
+
+    def role_url(self, role: DbRole) -> str:
+        """The URL of one of the head-end's roles on this database."""
+        return role_url(self.admin_url, role_name(ROLE_PREFIX, role))
+
+
+@contextlib.contextmanager
+def fresh_database() -> Iterator[MigratedDatabase]:
+    """A new database set up as production is (`db roles`, migrated by the owner role), dropped afterwards."""
     name = f"headend_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    admin_url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
-        migrate(url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
-        _pause_timescaledb_jobs(url)
-        yield url
+        # roles are shared by every test database of the server (grants are per database)
+        setup_roles(admin_url, ROLE_PREFIX, {})
+        owner_url = role_url(admin_url, role_name(ROLE_PREFIX, DbRole.OWNER))
+        migrate(owner_url, require_timescaledb=False, collection_timezone="Asia/Shanghai", role_prefix=ROLE_PREFIX)
+        _pause_timescaledb_jobs(admin_url)
+        yield MigratedDatabase(admin_url, role_url(admin_url, role_name(ROLE_PREFIX, DbRole.OPERATOR)))
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def migrated() -> Iterator[MigratedDatabase]:
+    """A freshly created and migrated database, dropped afterwards."""
+    with fresh_database() as database:
+        yield database
+
+
+@pytest.fixture
+def database_url(migrated: MigratedDatabase) -> str:
+    """The test database as the operator role, which services and test set-up use: refused what services are."""
+    return migrated.url
+
+
+@pytest.fixture
+def admin_url(migrated: MigratedDatabase) -> str:
+    """The test database as the superuser: for set-up and inspection beyond any head-end role's rights."""
+    return migrated.admin_url
+
+
+@pytest.fixture
+def admin_db(admin_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit superuser connection to the test database."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def admin_connection(conn: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit superuser connection to the database `conn` is on: for what no head-end role may do."""
+    url = make_url(ADMIN_URL).set(database=conn.info.dbname).render_as_string(hide_password=False)
+    with psycopg.connect(url, autocommit=True) as admin:
+        yield admin
 
 
 def storage_of(conn: psycopg.Connection[Any]) -> Storage:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,16 +15,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
 from schemathesis import GenerationMode
 from schemathesis.config import SchemathesisConfig
-from sqlalchemy.engine import make_url
 
 from headend.api import store
 from headend.api.app import create_app
 from headend.api.credentials import Role, new_token, signature
-from headend.db.migrate import migrate
 from headend.engine.accounts import open_account
 from headend.settings import Settings
 from prepay_engine.tariffs import SHANGHAI
-from tests.integration.conftest import ADMIN_URL, register
+from tests.integration.conftest import fresh_database, register
 from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog
 
 # per route in CI (about a minute in all); HEADEND_FUZZ_EXAMPLES raises it for a longer hunt
@@ -36,17 +33,9 @@ ADMIN_TOKEN = new_token()
 
 @pytest.fixture(scope="module")
 def module_database_url() -> Iterator[str]:
-    """A freshly created and migrated database shared by this module's examples, dropped afterwards."""
-    name = f"headend_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate(url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
-        yield url
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A freshly created and migrated database shared by this module's examples (as the operator role), dropped."""
+    with fresh_database() as database:
+        yield database.url
 
 
 @pytest.fixture(scope="module")

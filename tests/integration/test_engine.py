@@ -608,7 +608,7 @@ def test_one_batch_posting_two_local_days_of_an_account_records_the_balance_afte
     assert ledger_store.check_invariants(conn) == ()
 
 
-def test_upgrading_to_usage_tallies_tallies_the_charges_already_stored(database_url: str, conn: Conn) -> None:
+def test_upgrading_to_usage_tallies_tallies_the_charges_already_stored(admin_url: str, conn: Conn) -> None:
     catalog = seed_catalog(conn)
     register(conn, ["m1", "m2"])
     _open(conn, catalog, "a1", "m1")
@@ -618,9 +618,9 @@ def test_upgrading_to_usage_tallies_tallies_the_charges_already_stored(database_
     _runner(conn).sweep()
     before = settle_day(conn, catalog, date(2026, 11, 20), SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=5)
     # the schema before usage_tallies, with these charges in it; then the upgrade tallies them
-    downgrade(database_url, "0013")
+    downgrade(admin_url, "0013")
     assert count(conn, "SELECT count(*) FROM pg_tables WHERE tablename = 'usage_tallies'") == 0
-    migrate(database_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
+    migrate(admin_url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
     assert count(conn, "SELECT count(*) FROM usage_tallies") == 2  # one a zone and local day
     assert tally_problems(conn) == []
     after = settle_day(conn, catalog, date(2026, 11, 20), SHANGHAI, now=NOW, lateness_s=LATENESS_S, batch_accounts=5)
@@ -628,14 +628,15 @@ def test_upgrading_to_usage_tallies_tallies_the_charges_already_stored(database_
     assert before.day.charges == 96 + 30
 
 
-def test_usage_tallies_are_append_only(conn: Conn) -> None:
+def test_usage_tallies_are_append_only(conn: Conn, admin_db: Conn) -> None:
     conn.execute(
         "INSERT INTO usage_tallies (zone, local_day, charges, energy_wh, charged_fen) "
         "VALUES ('Asia/Shanghai', '2026-11-20', 1, 100, 5)"
     )
+    # the trigger refuses even the superuser (no head-end role is granted these at all: test_db_roles.py)
     for statement in ("UPDATE usage_tallies SET charges = 2", "DELETE FROM usage_tallies", "TRUNCATE usage_tallies"):
         with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
-            conn.execute(statement)
+            admin_db.execute(statement)
     assert count(conn, "SELECT sum(charged_fen) FROM usage_tallies") == 5
 
 

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from psycopg import IsolationLevel, errors
 
-from headend.db.migrate import migrate
 from headend.money import ledger_store as store
 from prepay_engine import ledger as pure
 from prepay_engine.ledger import (
@@ -36,7 +35,7 @@ from prepay_engine.ledger import (
     Rejected,
     Side,
 )
-from tests.integration.conftest import ADMIN_URL, count, wait_for
+from tests.integration.conftest import count, fresh_database, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,17 +47,9 @@ CREDIT_LIMIT_FEN = 1_000
 
 @pytest.fixture(scope="module")
 def shared_url() -> Iterator[str]:
-    """One migrated database for the property and concurrency tests; each uses accounts of its own."""
-    name = f"headend_ledger_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
-        migrate(url, require_timescaledb=False, collection_timezone="Asia/Shanghai")
-        yield url
-    finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """One migrated database for the property and concurrency tests (as the operator role); each its own accounts."""
+    with fresh_database() as database:
+        yield database.url
 
 
 @pytest.fixture(scope="module")
@@ -216,9 +207,10 @@ def test_accounts_opened_concurrently_with_another_definition_conflict_all_or_no
     assert store.account(db, "revenue:electricity") is None
 
 
-def test_postings_are_append_only(db: Conn) -> None:
+def test_postings_are_append_only(db: Conn, admin_db: Conn) -> None:
     chart = _chart(db)
     assert isinstance(store.post_batch(db, [top_up(chart, "t1", 100)]), Posted)
+    # the trigger refuses even the superuser (no head-end role is granted these at all: test_db_roles.py)
     for sql in (
         "UPDATE ledger_postings SET amount_fen = 1",
         "UPDATE ledger_postings SET reference = 'x'",
@@ -226,11 +218,11 @@ def test_postings_are_append_only(db: Conn) -> None:
         "TRUNCATE ledger_postings CASCADE",
     ):
         with pytest.raises(errors.RestrictViolation, match="append-only"):
-            db.execute(sql)
+            admin_db.execute(sql)
     assert count(db, "SELECT amount_fen FROM ledger_postings") == 100
 
 
-def test_ledger_accounts_stay_while_postings_refer_to_them(db: Conn) -> None:
+def test_ledger_accounts_stay_while_postings_refer_to_them(db: Conn, admin_db: Conn) -> None:
     chart = _chart(db)
     assert isinstance(store.post_batch(db, [top_up(chart, "t1", 100)]), Posted)
     for sql in (
@@ -239,7 +231,7 @@ def test_ledger_accounts_stay_while_postings_refer_to_them(db: Conn) -> None:
         "TRUNCATE ledger_accounts CASCADE",
     ):
         with pytest.raises(errors.RestrictViolation, match="ledger accounts stay"):
-            db.execute(sql)
+            admin_db.execute(sql)
     assert store.check_invariants(db) == ()
 
 
@@ -456,7 +448,7 @@ def test_balances_now_and_right_after_a_posting_are_the_pure_ledgers(db: Conn) -
     assert store.postings(db, []) == ()
 
 
-def test_check_invariants_reports_corruption(db: Conn) -> None:
+def test_check_invariants_reports_corruption(db: Conn, admin_db: Conn) -> None:
     chart = _chart(db)
     store.post_batch(db, [top_up(chart, "t1", 100), usage(chart, "u1", 30)])
     assert store.check_invariants(db) == ()
@@ -474,9 +466,9 @@ def test_check_invariants_reports_corruption(db: Conn) -> None:
     )
     assert store.check_invariants(db) == ()
     # a wrong running balance in the history (the trigger lifted, as only a superuser could)
-    db.execute("ALTER TABLE ledger_postings DISABLE TRIGGER ledger_postings_no_update_delete")
-    db.execute("UPDATE ledger_postings SET credit_balance_after_fen = 99 WHERE posting_id = 't1'")
-    db.execute("ALTER TABLE ledger_postings ENABLE TRIGGER ledger_postings_no_update_delete")
+    admin_db.execute("ALTER TABLE ledger_postings DISABLE TRIGGER ledger_postings_no_update_delete")
+    admin_db.execute("UPDATE ledger_postings SET credit_balance_after_fen = 99 WHERE posting_id = 't1'")
+    admin_db.execute("ALTER TABLE ledger_postings ENABLE TRIGGER ledger_postings_no_update_delete")
     assert store.check_invariants(db) == (
         f"{chart.prepaid('a')}: running balance 99 fen after t1 != Σ postings up to it",
     )
@@ -900,14 +892,16 @@ def test_a_serialization_failure_is_retried_in_a_fresh_transaction(
 
 
 def test_a_deadlock_with_another_writer_is_retried(
-    database_url: str, db: Conn, caplog: pytest.LogCaptureFixture
+    database_url: str, db: Conn, admin_db: Conn, caplog: pytest.LogCaptureFixture
 ) -> None:
     chart = _chart(db)
     caplog.set_level(logging.INFO, logger=store.__name__)
     first, second = sorted([chart.prepaid("a"), chart.revenue])
+    # the writer looks for a cycle after 0.5 s of waiting, once the cycle exists and before the other (1 s) does;
+    # a superuser's setting, given to the sessions that open from now on
+    admin_db.execute(f"ALTER DATABASE \"{db.info.dbname}\" SET deadlock_timeout = '500ms'")
     with psycopg.connect(database_url, autocommit=True) as other, ThreadPoolExecutor(1) as pool:
-        # the writer looks for a cycle after 0.5 s of waiting, once the cycle exists and before the other (1 s) does
-        other.execute("SET deadlock_timeout = '500ms'")
+        assert other.execute("SHOW deadlock_timeout").fetchone() == ("500ms",)
         with db.transaction():
             # some other transaction takes the same rows in the opposite order
             db.execute("SELECT 1 FROM ledger_accounts WHERE account_id = %s FOR UPDATE", (second,))

@@ -45,7 +45,7 @@ from prepay_engine.payments import (
     TopUp,
     TopUpReversal,
 )
-from tests.integration.conftest import count, register
+from tests.integration.conftest import admin_connection, count, register
 
 pytestmark = pytest.mark.integration
 
@@ -269,9 +269,8 @@ def test_inside_a_callers_transaction_the_postings_and_the_payment_commit_or_rol
     assert ledger_store.posting(db, "topup:wechat:t1") is None
     assert balances(db, "c-1") == CustomerBalances(0, 0, 0)
     # a payment row that can't be written takes the postings down with it
-    db.execute(
-        "ALTER TABLE payments ADD CONSTRAINT test_no_counter CHECK (received_by <> 'counter') NOT VALID",
-    )
+    with admin_connection(db) as admin:
+        admin.execute("ALTER TABLE payments ADD CONSTRAINT test_no_counter CHECK (received_by <> 'counter') NOT VALID")
     with pytest.raises(errors.CheckViolation):
         payment_store.top_up(db, pay("t3", 500, "c-1"), TERMS, received_by="counter")
     assert ledger_store.posting(db, "topup:wechat:t3") is None

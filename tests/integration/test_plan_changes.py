@@ -30,7 +30,7 @@ from prepay_engine.money import round_yuan_to_fen
 from prepay_engine.payments import TopUp
 from prepay_engine.tariffs import SHANGHAI, FlatPrice, Tariff, TariffVersion
 from prepay_engine.usage import MeterRegister, RegisterReading, charge_usage, open_usage
-from tests.integration.conftest import count, register
+from tests.integration.conftest import admin_connection, count, register
 from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, series, store_readings
 
 Conn = psycopg.Connection[Any]
@@ -359,7 +359,8 @@ def test_the_plan_history_is_append_only(conn: Conn) -> None:
             f"DELETE FROM {table}",
             f"TRUNCATE {table} CASCADE",
         ):
-            with pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
-                conn.execute(statement)
+            # the trigger refuses even the superuser (no head-end role is granted these at all: test_db_roles.py)
+            with admin_connection(conn) as admin, pytest.raises(psycopg.errors.RestrictViolation, match="append-only"):
+                admin.execute(statement)
     assert count(conn, "SELECT count(*) FROM account_plan_changes") == 1
     assert datetime.now(UTC) > NOW

@@ -80,8 +80,8 @@ def test_an_unmigrated_database_stops_every_command_at_start_up(empty_database: 
     ]
 
 
-def test_a_schema_behind_names_both_revisions(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+def test_a_schema_behind_names_both_revisions(database_url: str, admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0014'")
     name = make_url(database_url).database
     for command in (("account", "show", "A1"), ("engine", "--once")):
@@ -93,8 +93,8 @@ def test_a_schema_behind_names_both_revisions(database_url: str) -> None:
         ]
 
 
-def test_a_schema_of_a_newer_headend_is_refused(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+def test_a_schema_of_a_newer_headend_is_refused(database_url: str, admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute("UPDATE alembic_version SET version_num = 'f00d'")
     result = _headend(database_url, "account", "show", "A1")
     assert result.returncode == 1
@@ -104,8 +104,8 @@ def test_a_schema_of_a_newer_headend_is_refused(database_url: str) -> None:
     ]
 
 
-def test_a_missing_table_is_one_line_too(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as conn:
+def test_a_missing_table_is_one_line_too(database_url: str, admin_url: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE prepaid_accounts RENAME TO prepaid_accounts_moved")
     result = _headend(database_url, "account", "show", "A1")
     assert result.returncode == 1

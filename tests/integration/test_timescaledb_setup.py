@@ -22,6 +22,9 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from headend.db.grants import DEFAULT_ROLE_PREFIX
+from headend.db.roles import setup_roles
+
 pytestmark = pytest.mark.integration
 
 TIMESCALEDB_BIN = Path(os.environ.get("HEADEND_TEST_TIMESCALEDB_BIN", "/opt/pg15-timescaledb/lib/postgresql/15/bin"))
@@ -81,7 +84,11 @@ def _new_database(admin_url: str) -> str:
     name = f"headend_tsdb_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(admin_url, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    # the roles whose grants migrate applies (else it warns that they are missing); migrated as the superuser here,
+    # which alone may see whether TimescaleDB is preloaded
+    setup_roles(url, DEFAULT_ROLE_PREFIX, {})
+    return url
 
 
 def _migrate(url: str, *, require: bool) -> subprocess.CompletedProcess[str]:
