@@ -93,13 +93,12 @@ def role_url(url: str, name: str, *, password: str | None = None) -> str:
 
 def printable_url(url: str, role: DbRole, name: str, has_password: bool) -> str:
     """The URL a service of `role` should use, without a secret: the password, if any, as `${ITS_VARIABLE}`."""
-    bare = make_url(role_url(normalise_url(url), name))
     if not has_password:
-        return bare.render_as_string(hide_password=False)
-    # rendered by hand: a URL object would percent-encode the $ and braces of the placeholder
-    host = bare.host or ""
-    port = f":{bare.port}" if bare.port else ""
-    return f"{bare.drivername}://{name}:${{{password_variable(role)}}}@{host}{port}/{bare.database or ''}"
+        return role_url(normalise_url(url), name)
+    # a URL object would percent-encode the $ and braces of the placeholder: a plain stand-in is replaced after
+    stand_in = "PASSWORD0STAND0IN"
+    rendered = role_url(normalise_url(url), name, password=stand_in)
+    return rendered.replace(f":{stand_in}@", f":${{{password_variable(role)}}}@", 1)
 
 
 def setup_roles(admin_url: str, prefix: str, passwords: Mapping[DbRole, str]) -> RolesSetup:

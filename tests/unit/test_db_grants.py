@@ -108,3 +108,10 @@ def test_a_printed_url_names_the_password_s_variable_and_never_holds_a_password(
 
 def test_db_help_imports_nothing_heavy() -> None:
     assert sorted(_modules_after("db", "roles", "--help") & set(HEAVY)) == []
+
+
+def test_a_printed_url_keeps_the_host_given_as_a_socket_directory() -> None:
+    admin = "postgresql+psycopg://postgres@/postgres?host=%2Ftmp%2Fdata%2Fpgdata"
+    assert printable_url(admin, DbRole.API, "headend_api", True) == (
+        "postgresql+psycopg://headend_api:${HEADEND_DB_PASSWORD_API}@/postgres?host=%2Ftmp%2Fdata%2Fpgdata"
+    )
