@@ -192,7 +192,7 @@ def test_a_message_the_database_refuses_is_a_dead_letter_and_the_rest_is_stored(
 
     running.wait_handled(43)
     wait_for(lambda: count(db, "SELECT count(*) FROM readings") == 20 + 3 + 20, 10, "every reading not at fault")
-    assert count(db, "SELECT sum(readings_count) FROM collection_daily") == 43
+    assert count(db, "SELECT sum(readings_count) FROM meter_day_collection") == 43
     got = {(t, i): r for t, _, i, r in dead_letters(db)}
     assert set(got) == {
         (f"meters/{meters[3]}/readings", None),
@@ -256,7 +256,9 @@ def test_every_message_ends_stored_or_as_a_dead_letter_and_the_worker_goes_on(
         "the readings and dead letters of the reference model",
     )
     assert count(
-        db, "SELECT coalesce(sum(readings_count), 0) FROM collection_daily WHERE meter_id LIKE %s", f"{poison.TOKEN}%"
+        db,
+        "SELECT coalesce(sum(readings_count), 0) FROM meter_day_collection WHERE meter_id LIKE %s",
+        f"{poison.TOKEN}%",
     ) == len(expectation.readings)
     today = datetime.now(UTC).date()
     oldest = today - poison.MAX_AGE - timedelta(days=1)

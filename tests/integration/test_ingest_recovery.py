@@ -50,7 +50,9 @@ def assert_every_reading_stored_once(db: psycopg.Connection[Any], meters: list[s
         60,
         f"{expected} readings",
     )
-    assert count(db, "SELECT sum(readings_count) FROM collection_daily WHERE meter_id = ANY(%s)", meters) == expected
+    assert (
+        count(db, "SELECT sum(readings_count) FROM meter_day_collection WHERE meter_id = ANY(%s)", meters) == expected
+    )
 
 
 def test_while_the_database_refuses_connections_the_worker_says_so_every_period_and_loses_nothing(
