@@ -110,13 +110,6 @@ def test_a_disconnected_meter_reports_an_open_relay_and_meters_nothing(db: psyco
     assert after[-1][3] > readings[open_relay[0]][3]
 
 
-def test_a_second_demo_in_the_same_data_dir_tells_the_whole_loop_again(demo_run: tuple[str, Path]) -> None:
-    again = headend("demo", "--speed", "3600", env={**NO_SERVICES, "HEADEND_DATA_DIR": str(demo_run[1])}, timeout_s=240)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "disconnect confirmed by the meter (relay open)" in again.stdout
-    assert "reconnect confirmed by the meter (relay closed)" in again.stdout
-
-
 def test_the_demo_runs_as_the_operator_role_on_a_schema_the_owner_role_owns(
     demo_run: tuple[str, Path], db: psycopg.Connection[Any]
 ) -> None:
@@ -129,3 +122,10 @@ def test_the_demo_runs_as_the_operator_role_on_a_schema_the_owner_role_owns(
     )
     assert owners == [("headend_owner",)]
     assert rows(db, "SELECT has_table_privilege('headend_operator', 'ledger_postings', 'UPDATE')") == [(False,)]
+
+
+def test_a_second_demo_in_the_same_data_dir_tells_the_whole_loop_again(demo_run: tuple[str, Path]) -> None:
+    again = headend("demo", "--speed", "3600", env={**NO_SERVICES, "HEADEND_DATA_DIR": str(demo_run[1])}, timeout_s=240)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "disconnect confirmed by the meter (relay open)" in again.stdout
+    assert "reconnect confirmed by the meter (relay closed)" in again.stdout
