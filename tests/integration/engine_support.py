@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions
+from headend.engine.accounts import open_account
 from headend.engine.catalog import Catalog, put_policy, put_tariff
 from headend.ingest.messages import Decoded, SourcedReading
 from headend.ingest.writer import ReadingWriter
@@ -35,6 +36,29 @@ def seed_catalog(conn: Conn) -> Catalog:
     put_tariff(conn, TARIFF, stored_by="test", now=DAY_START)
     put_policy(conn, STRICT_POLICY, stored_by="test")
     return Catalog()
+
+
+def open_test_account(
+    conn: Conn,
+    catalog: Catalog,
+    account_id: str,
+    meter_id: str,
+    *,
+    policy_code: str = STRICT_POLICY.name,
+    register_wh: int = 1_000_000,
+) -> None:
+    """Open a prepaid account on a registered meter: the example tariff, from DAY_START at `register_wh`."""
+    open_account(
+        conn,
+        catalog,
+        account_id,
+        meter_id=meter_id,
+        tariff_code=TARIFF.code,
+        policy_code=policy_code,
+        opened_at=DAY_START,
+        opening_register_wh=register_wh,
+        zone=SHANGHAI,
+    )
 
 
 def store_readings(conn: Conn, readings: Iterable[tuple[str, datetime, int]], *, now: datetime | None = None) -> int:

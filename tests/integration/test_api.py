@@ -18,12 +18,10 @@ from fastapi.testclient import TestClient
 from headend.api import store
 from headend.api.app import create_app
 from headend.api.credentials import Role, new_token, signature
-from headend.engine.accounts import open_account
 from headend.settings import Settings
 from prepay_engine.ledger import prepaid_account_id
-from prepay_engine.tariffs import SHANGHAI
 from tests.integration.conftest import count, register
-from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog
+from tests.integration.engine_support import STRICT_POLICY, TARIFF, open_test_account, seed_catalog
 
 Conn = psycopg.Connection[Any]
 SECRET = "wechat-secret-0123456789abcdef0123456789"
@@ -85,17 +83,7 @@ def api(database_url: str) -> Iterator[Api]:
         catalog = seed_catalog(conn)
         register(conn, ["m1", "m2"])
         for account_id, meter_id in (("A1", "m1"), ("A2", "m2")):
-            open_account(
-                conn,
-                catalog,
-                account_id,
-                meter_id=meter_id,
-                tariff_code=TARIFF.code,
-                policy_code=STRICT_POLICY.name,
-                opened_at=DAY_START,
-                opening_register_wh=1_000_000,
-                zone=SHANGHAI,
-            )
+            open_test_account(conn, catalog, account_id, meter_id)
         store.add_channel(conn, "wechat", SECRET)
         store.add_channel(conn, "alipay", ALIPAY_SECRET)
         tokens = {}

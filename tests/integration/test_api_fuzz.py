@@ -19,11 +19,9 @@ from schemathesis.config import SchemathesisConfig
 from headend.api import store
 from headend.api.app import create_app
 from headend.api.credentials import Role, new_token, signature
-from headend.engine.accounts import open_account
 from headend.settings import Settings
-from prepay_engine.tariffs import SHANGHAI
 from tests.integration.conftest import fresh_database, register
-from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog
+from tests.integration.engine_support import open_test_account, seed_catalog
 
 # per route in CI (about a minute in all); HEADEND_FUZZ_EXAMPLES raises it for a longer hunt
 EXAMPLES_PER_ROUTE = int(os.environ.get("HEADEND_FUZZ_EXAMPLES", "60"))
@@ -44,17 +42,7 @@ def fuzzed(module_database_url: str) -> Iterator[TestClient]:
     with psycopg.connect(module_database_url, autocommit=True) as conn:
         catalog = seed_catalog(conn)
         register(conn, ["m1"])
-        open_account(
-            conn,
-            catalog,
-            "A1",
-            meter_id="m1",
-            tariff_code=TARIFF.code,
-            policy_code=STRICT_POLICY.name,
-            opened_at=DAY_START,
-            opening_register_wh=1_000_000,
-            zone=SHANGHAI,
-        )
+        open_test_account(conn, catalog, "A1", "m1")
         store.add_channel(conn, "wechat", SECRET)
         store.create_principal(conn, "root", Role.ADMIN, ADMIN_TOKEN, created_by="test")
     app = create_app(Settings(database_url=module_database_url, api_pool_size=4))

@@ -48,20 +48,24 @@ from headend.db.partitions import ensure_partitions
 from headend.dispatch import store as dispatch_store
 from headend.dispatch.dispatcher import DispatchConfig, Dispatcher
 from headend.dispatch.lifecycle import AlarmKind
-from headend.engine.accounts import open_account
 from headend.engine.catalog import Catalog
 from headend.engine.runner import EngineRunner
 from headend.ingest.worker import IngestWorker
 from headend.reports.collection import collection_report
 from headend.settings import Settings
 from prepay_engine.ledger import prepaid_account_id
-from prepay_engine.tariffs import SHANGHAI
 from protocols.mqtt_codec import encode_meter_reading
 from protocols.mqtt_topics import meter_events_topic
 from protocols.readings import MeterReading, RelayState
 from protocols.relay_codec import CommandResult, MeterEvent, RelayCommandMessage, encode_event
 from tests.integration.conftest import ROLE_PREFIX, MigratedDatabase, Publisher, count, register, wait_for
-from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, series, store_readings
+from tests.integration.engine_support import (
+    DAY_START,
+    open_test_account,
+    seed_catalog,
+    series,
+    store_readings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -341,17 +345,7 @@ def test_a_payment_is_kept_as_received_even_by_the_owner(
 
 def _open(conn: Conn, catalog: Catalog, account_id: str, meter_id: str) -> None:
     register(conn, [meter_id])
-    open_account(
-        conn,
-        catalog,
-        account_id,
-        meter_id=meter_id,
-        tariff_code=TARIFF.code,
-        policy_code=STRICT_POLICY.name,
-        opened_at=DAY_START,
-        opening_register_wh=1_000_000,
-        zone=SHANGHAI,
-    )
+    open_test_account(conn, catalog, account_id, meter_id)
 
 
 class _ApiClient:

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -28,6 +24,7 @@ from headend.db.errors import SetupError
 from headend.db.grants import DbRole, role_name, undecided_relations
 from headend.db.migrate import migrate
 from headend.db.roles import password_variable, role_url, setup_roles
+from tests.integration.cluster_support import throwaway_cluster
 from tests.integration.conftest import ADMIN_URL, ROLE_PREFIX, MigratedDatabase
 
 pytestmark = pytest.mark.integration
@@ -41,60 +38,17 @@ PASSWORDS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _as_postgres(*command: str) -> list[str]:
-    """`command` as the postgres OS user when running as root (initdb and postgres refuse to run as root)."""
-    if os.geteuid() != 0:
-        return list(command)
-    runuser = shutil.which("runuser")
-    if runuser is None:
-        pytest.skip("running as root without runuser to start PostgreSQL as the postgres user")
-    return [runuser, "-u", "postgres", "--", *command]
-
-
 @pytest.fixture(scope="module")
 def password_server() -> Iterator[str]:
     """A superuser's URL (with its password) on a new cluster that checks passwords over TCP; removed afterwards."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL binaries at {PG_BIN}")
-    folder = Path(tempfile.mkdtemp(prefix="headend-scram-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-    data, port = folder / "data", _free_port()
-    pg_ctl = str(PG_BIN / "pg_ctl")
-    subprocess.run(
-        _as_postgres(
-            str(PG_BIN / "initdb"),
-            "-D",
-            str(data),
-            "-U",
-            "postgres",
-            "--auth-local=trust",
-            "--auth-host=scram-sha-256",
-            "-E",
-            "UTF8",
-        ),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {folder}"
-    subprocess.run(
-        _as_postgres(pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        with psycopg.connect(host=str(folder), port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
+    with throwaway_cluster(
+        PG_BIN, initdb_options=["--auth-local=trust", "--auth-host=scram-sha-256"], prefix="headend-scram-"
+    ) as cluster:
+        with psycopg.connect(
+            host=str(cluster.socket_dir), port=cluster.port, user="postgres", dbname="postgres", autocommit=True
+        ) as conn:
             conn.execute(f"ALTER ROLE postgres PASSWORD '{SUPERUSER_PASSWORD}'")
-        yield f"postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(_as_postgres(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"), capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+        yield f"postgresql://postgres:{SUPERUSER_PASSWORD}@127.0.0.1:{cluster.port}/postgres"
 
 
 @pytest.fixture

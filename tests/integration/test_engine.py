@@ -30,7 +30,15 @@ from prepay_engine.policy import FriendlyCreditWindows
 from prepay_engine.tariffs import SHANGHAI
 from prepay_engine.usage import MeterRegister, RegisterReading, charge_usage
 from tests.integration.conftest import count, register, wait_for
-from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, series, store_readings
+from tests.integration.engine_support import (
+    DAY_START,
+    STRICT_POLICY,
+    TARIFF,
+    open_test_account,
+    seed_catalog,
+    series,
+    store_readings,
+)
 
 Conn = psycopg.Connection[Any]
 STEP = timedelta(minutes=15)
@@ -46,17 +54,7 @@ def conn(database_url: str) -> Iterator[Conn]:
 
 
 def _open(conn: Conn, catalog: Catalog, account_id: str, meter_id: str, register_wh: int = 1_000_000) -> None:
-    open_account(
-        conn,
-        catalog,
-        account_id,
-        meter_id=meter_id,
-        tariff_code=TARIFF.code,
-        policy_code=STRICT_POLICY.name,
-        opened_at=DAY_START,
-        opening_register_wh=register_wh,
-        zone=SHANGHAI,
-    )
+    open_test_account(conn, catalog, account_id, meter_id, register_wh=register_wh)
 
 
 def _runner(conn: Conn, catalog: Catalog | None = None, batch: int = 50) -> EngineRunner:

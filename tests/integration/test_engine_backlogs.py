@@ -20,7 +20,6 @@ import psycopg
 import pytest
 
 from headend.db.engine import connect_utc
-from headend.engine.accounts import open_account
 from headend.engine.catalog import Catalog, put_policy
 from headend.engine.runner import EngineRunner
 from headend.engine.settlement import settle_day, tally_problems
@@ -29,7 +28,13 @@ from prepay_engine.ledger import prepaid_account_id
 from prepay_engine.policy import FriendlyCreditWindows
 from prepay_engine.tariffs import SHANGHAI
 from tests.integration.conftest import admin_connection, count, register, wait_for
-from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, store_readings
+from tests.integration.engine_support import (
+    DAY_START,
+    STRICT_POLICY,
+    open_test_account,
+    seed_catalog,
+    store_readings,
+)
 
 Conn = psycopg.Connection[Any]
 STEP = timedelta(minutes=15)
@@ -78,17 +83,7 @@ def _live_until_the_morning(conn: Conn) -> list[tuple[str, datetime, int]]:
     put_policy(conn, NIGHTS, stored_by="test")
     register(conn, ["mc", "mb"])
     for account_id, meter_id in (("ac", "mc"), ("ab", "mb")):
-        open_account(
-            conn,
-            catalog,
-            account_id,
-            meter_id=meter_id,
-            tariff_code=TARIFF.code,
-            policy_code=NIGHTS.name,
-            opened_at=DAY_START,
-            opening_register_wh=1_000_000,
-            zone=SHANGHAI,
-        )
+        open_test_account(conn, catalog, account_id, meter_id, policy_code=NIGHTS.name)
     control, backlog = _readings("mc"), _readings("mb")
     for i in range(READINGS):
         at = control[i][1] + MINUTE

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from headend.engine.accounts import open_account, pay
+from headend.engine.accounts import pay
 from headend.engine.catalog import Catalog, put_policy, put_tariff
 from headend.engine.plan_changes import (
     PlanChangeError,
@@ -31,7 +31,15 @@ from prepay_engine.payments import TopUp
 from prepay_engine.tariffs import SHANGHAI, FlatPrice, Tariff, TariffVersion
 from prepay_engine.usage import MeterRegister, RegisterReading, charge_usage, open_usage
 from tests.integration.conftest import admin_connection, count, register
-from tests.integration.engine_support import DAY_START, STRICT_POLICY, TARIFF, seed_catalog, series, store_readings
+from tests.integration.engine_support import (
+    DAY_START,
+    STRICT_POLICY,
+    TARIFF,
+    open_test_account,
+    seed_catalog,
+    series,
+    store_readings,
+)
 
 Conn = psycopg.Connection[Any]
 STEP = timedelta(minutes=15)
@@ -63,17 +71,7 @@ def _catalog(conn: Conn) -> Catalog:
 
 def _open(conn: Conn, catalog: Catalog, account_id: str, meter_id: str, policy: str = STRICT_POLICY.name) -> None:
     register(conn, [meter_id])
-    open_account(
-        conn,
-        catalog,
-        account_id,
-        meter_id=meter_id,
-        tariff_code=TARIFF.code,
-        policy_code=policy,
-        opened_at=DAY_START,
-        opening_register_wh=1_000_000,
-        zone=SHANGHAI,
-    )
+    open_test_account(conn, catalog, account_id, meter_id, policy_code=policy)
 
 
 def _change(

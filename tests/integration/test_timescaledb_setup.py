@@ -9,11 +9,8 @@ server that preloads it (HEADEND_TEST_TIMESCALEDB_URL, by default 127.0.0.1:5433
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from headend.db.grants import DEFAULT_ROLE_PREFIX
 from headend.db.roles import setup_roles
+from tests.integration.cluster_support import throwaway_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -36,48 +34,16 @@ NOT_PRELOADED_WARNING = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _as_postgres(*command: str) -> list[str]:
-    """`command` as the postgres OS user when running as root (initdb and postgres refuse to run as root)."""
-    if os.geteuid() != 0:
-        return list(command)
-    runuser = shutil.which("runuser")
-    if runuser is None:
-        pytest.skip("running as root without runuser to start PostgreSQL as the postgres user")
-    return [runuser, "-u", "postgres", "--", *command]
-
-
 @pytest.fixture(scope="module")
 def not_preloaded_server() -> Iterator[str]:
     """The admin URL of a new cluster that has TimescaleDB installed but not preloaded; removed afterwards."""
-    if not (TIMESCALEDB_BIN / "initdb").exists():
-        pytest.skip(f"no PostgreSQL binaries with TimescaleDB installed at {TIMESCALEDB_BIN}")
-    folder = Path(tempfile.mkdtemp(prefix="headend-tsdb-"))
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres")
-    data, port = folder / "data", _free_port()
-    pg_ctl = str(TIMESCALEDB_BIN / "pg_ctl")
-    subprocess.run(
-        _as_postgres(str(TIMESCALEDB_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"),
-        check=True,
-        capture_output=True,
-    )
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {folder} -c shared_preload_libraries=''"
-    subprocess.run(
-        _as_postgres(pg_ctl, "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start"),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(_as_postgres(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"), capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
+    with throwaway_cluster(
+        TIMESCALEDB_BIN,
+        initdb_options=["--auth=trust"],
+        server_options="-c shared_preload_libraries=''",
+        prefix="headend-tsdb-",
+    ) as cluster:
+        yield f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
 
 
 def _new_database(admin_url: str) -> str:
