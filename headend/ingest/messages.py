@@ -49,6 +49,8 @@ class SourcedReading:
     received_at: datetime
     item_index: int | None
     raw: bytes = b""
+    # the concentrator whose batch carried it: the meter must be registered behind it
+    concentrator_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -116,7 +118,7 @@ def _decode(message: InboundMessage, into: Decoded) -> None:
             rejected_positions = {bad.index for bad in batch.rejected}
             positions = (i for i in range(len(batch.readings) + len(batch.rejected)) if i not in rejected_positions)
             into.readings.extend(
-                SourcedReading(r, source, message.topic, message.received_at, i)
+                SourcedReading(r, source, message.topic, message.received_at, i, concentrator_id=topic.device_id)
                 for i, r in zip(positions, batch.readings, strict=False)
             )
             into.dead_letters.extend(

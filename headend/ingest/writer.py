@@ -42,20 +42,45 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
     voltage_v double precision,
     relay_state text,
     source text NOT NULL,
-    received_at timestamptz NOT NULL
+    received_at timestamptz NOT NULL,
+    via_concentrator varchar(32)
 ) ON COMMIT DELETE ROWS
 """
 _COPY_STAGE = (
     "COPY ingest_stage (position, meter_id, ts, energy_import_wh, energy_export_wh, power_w, voltage_v, relay_state, "
-    "source, received_at) FROM STDIN (FORMAT BINARY)"
+    "source, received_at, via_concentrator) FROM STDIN (FORMAT BINARY)"
 )
-_STAGE_TYPES = ["int4", "varchar", "timestamptz", "int8", "int8", "int4", "float8", "text", "text", "timestamptz"]
+_STAGE_TYPES = [
+    "int4",
+    "varchar",
+    "timestamptz",
+    "int8",
+    "int8",
+    "int4",
+    "float8",
+    "text",
+    "text",
+    "timestamptz",
+    "varchar",
+]
 
-# Staged readings whose meter is unknown or not active; usually none.
+# Staged readings whose meter is unknown or not active, or that a concentrator forwarded for a meter not registered
+# behind it; usually none.
 _UNREGISTERED = """
-SELECT s.position, m.status
+SELECT s.position, m.status, m.meter_id IS NOT NULL AND m.status = 'active', m.concentrator_id
 FROM ingest_stage s LEFT JOIN meters m ON m.meter_id = s.meter_id
 WHERE m.meter_id IS NULL OR m.status <> 'active'
+   OR (s.via_concentrator IS NOT NULL AND m.concentrator_id IS DISTINCT FROM s.via_concentrator)
+"""
+# Staged readings at a (meter, time) whose stored reading holds other register values: a second version of a
+# reading, which the unique key would drop without a word (the first stored is kept). Also a batch's own second
+# version, once its first is stored.
+_CONFLICTING = """
+SELECT s.position, r.energy_import_wh, r.energy_export_wh, r.source
+FROM ingest_stage s JOIN readings r ON r.meter_id = s.meter_id AND r.ts = s.ts
+WHERE r.energy_import_wh <> s.energy_import_wh
+   OR (r.energy_export_wh IS NOT NULL AND s.energy_export_wh IS NOT NULL AND r.energy_export_wh <> s.energy_export_wh)
+ORDER BY s.position
 """
 
 # `previous_wh` is the register value of the reading just before each one in time, among this batch
@@ -169,6 +194,7 @@ def _stage_row(position: int, item: SourcedReading) -> tuple[object, ...]:
         relay,
         item.source,
         item.received_at,
+        item.concentrator_id,
     )
 
 
@@ -255,9 +281,12 @@ class ReadingWriter:
                     record = self._conn.execute(self._merge_sql, self._merge_params).fetchone()
                     assert record is not None
                     inserted = int(record[0])
+                    if inserted < len(staged) - refused:
+                        refused += self._refuse_conflicting(staged, dead)
             dead = [_storable(d) for d in dead]
             if dead:
                 self._record_dead_letters(dead)
+        assert inserted <= len(staged) - refused
         return WriteResult(offered=len(staged) - refused, inserted=inserted, dead_letters=len(dead), dead=tuple(dead))
 
     def _check_partitions(self, staged: list[SourcedReading], refused_positions: set[int]) -> None:
@@ -277,13 +306,37 @@ class ReadingWriter:
         refused = self._conn.execute(_UNREGISTERED).fetchall()
         if not refused:
             return set()
-        for position, status in refused:
+        for position, status, active, behind in refused:
             item = staged[position]
             meter_id = item.reading.meter_id
-            reason = f"unknown meter {meter_id!r}" if status is None else f"meter {meter_id!r} is {status}, not active"
+            if status is None:
+                reason = f"unknown meter {meter_id!r}"
+            elif not active:
+                reason = f"meter {meter_id!r} is {status}, not active"
+            else:
+                registered = "a direct meter" if behind is None else f"registered behind concentrator {behind!r}"
+                reason = f"meter {meter_id!r} is not behind concentrator {item.concentrator_id!r}: {registered}"
             dead.append(_dead_letter(item, reason))
-        self._conn.execute("DELETE FROM ingest_stage WHERE position = ANY(%s)", ([p for p, _ in refused],))
-        return {p for p, _ in refused}
+        positions = [row[0] for row in refused]
+        self._conn.execute("DELETE FROM ingest_stage WHERE position = ANY(%s)", (positions,))
+        return set(positions)
+
+    def _refuse_conflicting(self, staged: list[SourcedReading], dead: list[DeadLetter]) -> int:
+        """Append a dead letter for each staged reading that conflicts with the one stored; how many."""
+        conflicting = self._conn.execute(_CONFLICTING).fetchall()
+        for position, import_wh, export_wh, source in conflicting:
+            item = staged[position]
+            r = item.reading
+            stored = f"energy_import_wh {import_wh}" + ("" if export_wh is None else f", energy_export_wh {export_wh}")
+            offered = f"energy_import_wh {r.energy_import_wh}" + (
+                "" if r.energy_export_wh is None else f", energy_export_wh {r.energy_export_wh}"
+            )
+            reason = (
+                f"conflicts with the reading stored for meter {r.meter_id!r} at {r.ts.astimezone(UTC).isoformat()} "
+                f"({stored}, from {source}): {offered}; the stored reading is kept"
+            )
+            dead.append(_dead_letter(item, reason))
+        return len(conflicting)
 
     def _record_dead_letters(self, dead: list[DeadLetter]) -> None:
         with self._conn.cursor() as cursor:
