@@ -439,3 +439,25 @@ def test_a_dispatcher_without_its_broker_says_so_and_still_stops_at_once(
     status = said("dispatch: not connected")
     assert {r.levelno for r in status} == {logging.WARNING}
     assert vars(status[0])["totals"]["sent"] == 0
+
+
+def test_an_answer_on_another_meters_topic_confirms_nothing(loop_for: Callable[..., Loop]) -> None:
+    # meter 1 never answers; whoever can publish on meter 2's events topic forges its answer
+    loop = loop_for(2, faults={1: RelayFault.OFFLINE})
+    register(loop.conn, [loop.meter(2)])
+    loop.exhaust(1)
+    [command_id] = loop.requests(loop.account(1))
+    loop.until(lambda: loop.commands(loop.account(1))[0][2] == "sent", "the disconnect sent")
+    forged = b'{"command_id": "%s", "result": "executed", "relay": "open", "ts": "%s"}' % (
+        command_id.encode(),
+        datetime.now(UTC).isoformat().encode(),
+    )
+    assert not loop.dispatcher.handle_event(f"meters/{loop.meter(2)}/events", forged)
+    assert loop.commands(loop.account(1))[0][2] == "sent"
+    assert loop.supply(loop.account(1)) == "connected"
+    assert all(entry["actor"] != f"meter:{loop.meter(2)}" for entry in store.history(loop.conn, command_id))
+    [reason] = [r[0] for r in loop.conn.execute("SELECT reason FROM dead_letters WHERE source = 'dispatch'")]
+    assert reason == f"answer to unknown command {command_id} of meter {loop.meter(2)}"
+    # the same answer on the topic of the meter the command went to is applied
+    assert loop.dispatcher.handle_event(f"meters/{loop.meter(1)}/events", forged)
+    assert loop.commands(loop.account(1))[0][2] == "confirmed"
