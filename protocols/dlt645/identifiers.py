@@ -125,19 +125,19 @@ def active_power(phase: int = 0) -> DataIdentifier:
 
 
 def daily_frozen_time(days_ago: int) -> DataIdentifier:
-    """Time of the daily freeze of 1..62 days ago: 05 06 00 nn."""
+    """Time of the n-th latest daily freeze, n 1..62 (n days ago if the meter froze every day): 05 06 00 nn."""
     assert 1 <= days_ago <= MAX_FROZEN_DAYS, days_ago
     return DataIdentifier.of(0x05, 0x06, 0x00, days_ago)
 
 
 def daily_frozen_forward_active(days_ago: int) -> DataIdentifier:
-    """Forward active energy (total and rates) frozen 1..62 days ago: 05 06 01 nn."""
+    """Forward active energy (total and rates) of the n-th latest daily freeze, n 1..62: 05 06 01 nn."""
     assert 1 <= days_ago <= MAX_FROZEN_DAYS, days_ago
     return DataIdentifier.of(0x05, 0x06, 0x01, days_ago)
 
 
 def daily_frozen_reverse_active(days_ago: int) -> DataIdentifier:
-    """Reverse active energy (total and rates) frozen 1..62 days ago: 05 06 02 nn."""
+    """Reverse active energy (total and rates) of the n-th latest daily freeze, n 1..62: 05 06 02 nn."""
     assert 1 <= days_ago <= MAX_FROZEN_DAYS, days_ago
     return DataIdentifier.of(0x05, 0x06, 0x02, days_ago)
 
@@ -347,14 +347,14 @@ _FAMILIES = (
     _Family(0x04, 0x00, range(0x01, 0x02), range(0x02, 0x03), "meter time", ValueFormat.TIME),
     _Family(0x04, 0x00, range(0x05, 0x06), range(0x03, 0x04), "meter running status word 3", ValueFormat.STATUS_WORD_3),
     _Family(
-        0x05, 0x06, _ONE, range(1, MAX_FROZEN_DAYS + 1), "daily freeze time, {n} days ago", ValueFormat.FROZEN_TIME
+        0x05, 0x06, _ONE, range(1, MAX_FROZEN_DAYS + 1), "daily freeze time, freeze {n} back", ValueFormat.FROZEN_TIME
     ),
     _Family(
         0x05,
         0x06,
         range(0x01, 0x02),
         range(1, MAX_FROZEN_DAYS + 1),
-        "daily frozen forward active energy, {n} days ago",
+        "daily frozen forward active energy, freeze {n} back",
         ValueFormat.ENERGY_BLOCK,
     ),
     _Family(
@@ -362,7 +362,7 @@ _FAMILIES = (
         0x06,
         range(0x02, 0x03),
         range(1, MAX_FROZEN_DAYS + 1),
-        "daily frozen reverse active energy, {n} days ago",
+        "daily frozen reverse active energy, freeze {n} back",
         ValueFormat.ENERGY_BLOCK,
     ),
 )
