@@ -481,11 +481,6 @@ _VALUE_TYPES: dict[ValueFormat, type] = {
 }
 
 
-def value_type(identifier: DataIdentifier) -> type:
-    """The value class `decode_value` gives for `identifier`; UnknownIdentifierError when unknown."""
-    return _VALUE_TYPES[_spec(identifier).value_format]
-
-
 def encode_value(identifier: DataIdentifier, value: Value) -> bytes:
     """The data bytes of `value` for `identifier` (without the +0x33); the value's type must fit it."""
     spec = _spec(identifier)
