@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.rows import dict_row
 
+from headend.db import faults
+from headend.db.faults import is_data_fault
 from headend.db.text import storable
 from headend.dispatch import store
 from headend.dispatch.lifecycle import (
@@ -45,10 +47,6 @@ Connection = psycopg.Connection[Any]
 Cursor = store.Cursor
 DISPATCHER_ACTOR = "dispatcher"
 REASON_MAX_CHARS = 1000
-# SQLSTATE classes of errors an event's content causes (as ingest judges rows): 22 data exception, 23 integrity
-# constraint violation, 54 program limit exceeded. Any other is the database's (08 connection, 40 rollback,
-# 53 resources, 57 operator intervention …): the event is retried once the database is back, never refused for it.
-_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 
 
 class CommandSender(Protocol):
@@ -456,20 +454,6 @@ class Dispatcher:
         return False
 
 
-def is_data_fault(exc: BaseException) -> bool:
-    """Whether `exc`, raised while applying an event, is the fault of what the event holds (it would fail again)."""
-    if isinstance(exc, psycopg.Error):
-        if exc.sqlstate is not None:
-            return exc.sqlstate[:2] in _DATA_SQLSTATE_CLASSES
-        return isinstance(exc, psycopg.DataError)  # refused before it was sent, e.g. NUL in a text parameter
-    # raised on the way to the database by a conversion (an encoder, a dumper, datetime arithmetic)
-    return isinstance(exc, ValueError | TypeError | ArithmeticError | RecursionError)
-
-
 def refusal_reason(exc: BaseException) -> str:
     """A dead letter's reason for an event whose handling raised: the error's first line (and SQLSTATE)."""
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    if isinstance(exc, psycopg.Error):
-        sqlstate = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
-        return storable(f"refused by the database: {first_line}{sqlstate}", REASON_MAX_CHARS)
-    return storable(f"could not be applied: {type(exc).__name__}: {first_line}", REASON_MAX_CHARS)
+    return storable(faults.refusal_reason(exc, "could not be applied"), REASON_MAX_CHARS)

@@ -14,39 +14,19 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import psycopg
-
+from headend.db import faults
+from headend.db.faults import is_data_fault
 from headend.ingest.messages import DeadLetter, Decoded, InboundMessage, SourcedReading, decode_message, reading_payload
 from headend.ingest.writer import WriteResult
 
 log = logging.getLogger(__name__)
 
-# SQLSTATE classes of errors caused by the rows themselves: 22 data exception (a value out of range, a character
-# the encoding lacks, a division by zero in a constraint), 23 integrity constraint violation, 54 program limit
-# exceeded (an index entry too large). Every other class (08 connection, 40 transaction rollback, 53 resources,
-# 57 operator intervention, 42 a schema not migrated yet …) is the database's, and worth retrying.
-_DATA_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
-
 Write = Callable[[Decoded], WriteResult | None]  # None: stopped before it could commit
-
-
-def is_data_fault(exc: BaseException) -> bool:
-    """Whether `exc`, raised while writing rows, is the fault of the rows (writing them again fails again)."""
-    if isinstance(exc, psycopg.Error):
-        if exc.sqlstate is not None:
-            return exc.sqlstate[:2] in _DATA_SQLSTATE_CLASSES
-        return isinstance(exc, psycopg.DataError)  # refused before it was sent, e.g. NUL in a text parameter
-    # raised on the way to the database by a conversion (an encoder, a dumper, datetime arithmetic)
-    return isinstance(exc, ValueError | TypeError | ArithmeticError | RecursionError)
 
 
 def refusal_reason(exc: BaseException) -> str:
     """The reason of a dead letter the database refused: the error's first line, and its SQLSTATE."""
-    first_line = (str(exc).strip().splitlines() or [""])[0]
-    if isinstance(exc, psycopg.Error):
-        sqlstate = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
-        return f"refused by the database: {first_line}{sqlstate}"
-    return f"could not be stored: {type(exc).__name__}: {first_line}"
+    return faults.refusal_reason(exc, "could not be stored")
 
 
 @dataclass(frozen=True, slots=True)

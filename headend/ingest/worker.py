@@ -17,8 +17,9 @@ from psycopg.pq import TransactionStatus
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, wait_exponential
 
 from headend.db.engine import SCHEMA_OPTIONS_SQL, SchemaOptions, libpq_dsn
+from headend.db.faults import is_data_fault
 from headend.db.partitions import days_around
-from headend.ingest.faults import is_data_fault, write_isolating
+from headend.ingest.faults import write_isolating
 from headend.ingest.messages import DeadLetter, Decoded, InboundMessage, decode_message
 from headend.ingest.writer import ReadingWriter, WriteResult
 from headend.mqtt.client import ConnectionWatch, connect, make_client

@@ -11,7 +11,8 @@ import psycopg
 import psycopg.errors
 import pytest
 
-from headend.ingest.faults import is_data_fault, write_isolating
+from headend.db.faults import is_data_fault
+from headend.ingest.faults import write_isolating
 from headend.ingest.messages import Decoded, InboundMessage, decode_message
 from headend.ingest.writer import WriteResult
 
