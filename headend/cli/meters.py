@@ -22,7 +22,12 @@ def meters_import(
     skip_invalid: Annotated[bool, typer.Option(help="Import the valid rows even when others are refused.")] = False,
 ) -> None:
     """Register meters (and their concentrators) from a CSV: meter_id,protocol,concentrator_id,region[,…]."""
-    from headend.registry.meter_import import RegistryFileError, import_meters, read_registry_file
+    from headend.registry.meter_import import (
+        RegistryConflictError,
+        RegistryFileError,
+        import_meters,
+        read_registry_file,
+    )
 
     try:
         parsed = read_registry_file(file)
@@ -36,7 +41,10 @@ def meters_import(
         )
         raise typer.Exit(1)
     with database(load_settings()) as conn:
-        result = import_meters(conn, parsed.rows)
+        try:
+            result = import_meters(conn, parsed.rows)
+        except RegistryConflictError as exc:
+            raise fail(f"{file}: nothing imported: {exc}", 1) from None
     typer.echo(
         f"{len(parsed.rows)} valid row(s): {result.meters_created} meter(s) created, "
         f"{result.meters_updated} updated, {result.concentrators_created} concentrator(s) created"

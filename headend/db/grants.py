@@ -77,6 +77,8 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
     # collection: ingest writes, the engine reads what it charges from
     "readings": _row(ingest=("SELECT", "INSERT"), engine=READ, reporting=READ),
     "dead_letters": _row(ingest=("INSERT",), dispatch=("INSERT",), reporting=READ),
+    # the poller (the ingest role) appends why a poll failed; the collection report reads it
+    "poll_failures": _row(ingest=("INSERT",), api=READ, reporting=READ),
     "meter_register_state": _row(ingest=("SELECT", "INSERT", "UPDATE"), engine=READ, reporting=READ),
     "collection_daily": _row(ingest=("SELECT", "INSERT", "UPDATE"), reporting=READ),
     "collection_daily_cagg": _row(reporting=READ),
@@ -161,6 +163,7 @@ APPEND_ONLY = (
     "account_plan_change_cancellations",
     "payments",
     "dead_letters",
+    "poll_failures",
 )
 APPEND_ONLY_COLUMN_UPDATES = {"payments": frozenset({"reversed_at", "reversal_reference"})}
 

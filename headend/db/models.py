@@ -48,7 +48,7 @@ class Meter(Base):
 
     __tablename__ = "meters"
     __table_args__ = (
-        CheckConstraint("protocol IN ('mqtt', 'modbus')", name="meters_protocol"),
+        CheckConstraint("protocol IN ('mqtt', 'modbus', 'dlt645')", name="meters_protocol"),
         CheckConstraint("status IN ('active', 'inactive', 'removed')", name="meters_status"),
         CheckConstraint("multiplier > 0", name="meters_multiplier"),
         CheckConstraint("register_max_wh > 0", name="meters_register_max"),
@@ -65,6 +65,11 @@ class Meter(Base):
     register_max_wh: Mapped[int] = mapped_column(BigInteger, server_default=str(DEFAULT_REGISTER_MAX_WH))
     installed_on: Mapped[date | None] = mapped_column(Date)  # local day; expected in reports from then on
     reconnect_mode: Mapped[str] = mapped_column(Text, server_default="direct")  # allowed: 合闸允许, button on site
+    # where a polled meter answers (migration 0021): host:port, the serial bus behind it, Modbus unit or 645 address
+    endpoint: Mapped[str | None] = mapped_column(Text)
+    bus: Mapped[str | None] = mapped_column(Text)
+    unit_id: Mapped[int | None] = mapped_column(SmallInteger)
+    address: Mapped[str | None] = mapped_column(String(12))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

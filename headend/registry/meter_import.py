@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -13,10 +14,27 @@ import psycopg
 
 from headend.db.models import DEFAULT_REGISTER_MAX_WH
 from protocols.readings import is_valid_id
+from protocols.register_map import available_models
 
 REQUIRED_COLUMNS = ("meter_id", "protocol", "concentrator_id", "region")
-OPTIONAL_COLUMNS = ("model", "multiplier", "status", "register_max_wh", "installed_on", "reconnect_mode")
-PROTOCOLS = ("mqtt", "modbus")
+OPTIONAL_COLUMNS = (
+    "model",
+    "multiplier",
+    "status",
+    "register_max_wh",
+    "installed_on",
+    "reconnect_mode",
+    "endpoint",
+    "unit_id",
+    "address",
+    "bus",
+)
+PROTOCOLS = ("mqtt", "modbus", "dlt645")
+POLLED_PROTOCOLS = ("modbus", "dlt645")
+# host:port; the host a name, an IPv4 address or a bracketed IPv6 address (as migration 0021 checks)
+ENDPOINT_PATTERN = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})")
+ADDRESS_PATTERN = re.compile(r"[0-9]{12}")
+BUS_MAX_CHARS = 64
 STATUSES = ("active", "inactive", "removed")
 RECONNECT_MODES = ("direct", "allowed")  # allowed: 合闸允许, the customer closes the relay with the button
 
@@ -35,6 +53,10 @@ class MeterRow:
     register_max_wh: int | None
     installed_on: date | None = None
     reconnect_mode: str = "direct"
+    endpoint: str | None = None  # host:port of a polled meter or of its serial-to-TCP gateway
+    unit_id: int | None = None  # Modbus
+    address: str | None = None  # DL/T 645: the 12 digits of the nameplate
+    bus: str | None = None  # the serial bus behind the gateway; None: one bus per endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +80,17 @@ class ParsedRegistry:
 
 class RegistryFileError(ValueError):
     """The file as a whole cannot be read (missing header columns, not CSV)."""
+
+
+class RegistryConflictError(ValueError):
+    """Rows that would make two meters answer at the same place (unit id or address on one bus); nothing imported."""
+
+
+def place_of(row: MeterRow) -> tuple[str, str, str] | None:
+    """Where a polled meter answers: endpoint, bus and unit id or address; None for a meter that is not polled."""
+    if row.endpoint is None:
+        return None
+    return (row.endpoint, row.bus or "", f"unit {row.unit_id}" if row.unit_id is not None else f"address {row.address}")
 
 
 def _positive_int(raw: str, field: str) -> int:
@@ -98,18 +131,64 @@ def parse_row(record: dict[str, str]) -> MeterRow:
     reconnect_mode = get.get("reconnect_mode") or "direct"
     if reconnect_mode not in RECONNECT_MODES:
         raise ValueError(f"reconnect_mode {reconnect_mode!r} is not one of {', '.join(RECONNECT_MODES)}")
+    endpoint, unit_id, address, bus = _how_reached(protocol, get, concentrator_id)
+    model = get.get("model") or None
+    if protocol == "modbus" and model not in available_models():
+        raise ValueError(f"model {model!r} of a modbus meter is not one of {', '.join(available_models())}")
     return MeterRow(
         meter_id=meter_id,
         protocol=protocol,
         concentrator_id=concentrator_id,
         region=region,
-        model=get.get("model") or None,
+        model=model,
         multiplier=multiplier,
         status=status,
         register_max_wh=_positive_int(register_max, "register_max_wh") if register_max else None,
         installed_on=installed_on,
         reconnect_mode=reconnect_mode,
+        endpoint=endpoint,
+        unit_id=unit_id,
+        address=address,
+        bus=bus,
     )
+
+
+def _how_reached(
+    protocol: str, get: dict[str, str], concentrator_id: str | None
+) -> tuple[str | None, int | None, str | None, str | None]:
+    """Endpoint, unit id, address and bus of a row, checked against its protocol."""
+    endpoint, unit, address, bus = (get.get(c) or None for c in ("endpoint", "unit_id", "address", "bus"))
+    if protocol not in POLLED_PROTOCOLS:
+        given = [c for c, v in (("endpoint", endpoint), ("unit_id", unit), ("address", address), ("bus", bus)) if v]
+        if given:
+            raise ValueError(f"{', '.join(given)} given for a {protocol} meter, which is not polled")
+        return None, None, None, None
+    if concentrator_id is not None:
+        raise ValueError(f"a {protocol} meter is polled at its endpoint, not through concentrator {concentrator_id!r}")
+    if endpoint is None:
+        raise ValueError(f"a {protocol} meter needs an endpoint (host:port)")
+    match = ENDPOINT_PATTERN.fullmatch(endpoint)
+    if match is None or not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError(f"endpoint {endpoint!r} is not host:port with a port 1-65535")
+    if bus is not None and len(bus) > BUS_MAX_CHARS:
+        raise ValueError(f"bus name of {len(bus)} characters exceeds {BUS_MAX_CHARS}")
+    if protocol == "modbus":
+        if address is not None:
+            raise ValueError("address is for DL/T 645 meters; a modbus meter has a unit_id")
+        if unit is None:
+            raise ValueError("a modbus meter needs a unit_id (1-247)")
+        try:
+            unit_id = int(unit)
+        except ValueError:
+            raise ValueError(f"unit_id {unit!r} is not a whole number") from None
+        if not 1 <= unit_id <= 247:
+            raise ValueError(f"unit_id {unit_id} is outside 1-247")
+        return endpoint, unit_id, None, bus
+    if unit is not None:
+        raise ValueError("unit_id is for modbus meters; a dlt645 meter has an address")
+    if address is None or ADDRESS_PATTERN.fullmatch(address) is None:
+        raise ValueError(f"a dlt645 meter needs an address of 12 digits as on its nameplate, got {address!r}")
+    return endpoint, None, address, bus
 
 
 def parse_registry(lines: Iterable[str]) -> ParsedRegistry:
@@ -123,6 +202,7 @@ def parse_registry(lines: Iterable[str]) -> ParsedRegistry:
         rows: list[MeterRow] = []
         errors: list[RowError] = []
         first_line: dict[str, int] = {}
+        place_line: dict[tuple[str, str, str], int] = {}
         end_of_previous = reader.line_num
         for fields in reader:
             # a quoted field may span lines: report a record at the line it starts on
@@ -139,7 +219,15 @@ def parse_registry(lines: Iterable[str]) -> ParsedRegistry:
             if row.meter_id in first_line:
                 errors.append(RowError(line, f"meter_id {row.meter_id!r} repeats line {first_line[row.meter_id]}"))
                 continue
+            place = place_of(row)
+            if place is not None and place in place_line:
+                endpoint, bus, which = place
+                on_bus = f" bus {bus!r} of" if bus else ""
+                errors.append(RowError(line, f"{which} on{on_bus} {endpoint} repeats line {place_line[place]}"))
+                continue
             first_line[row.meter_id] = line
+            if place is not None:
+                place_line[place] = line
             rows.append(row)
     except csv.Error as exc:
         raise RegistryFileError(f"not readable as CSV after line {end_of_previous if header else 0}: {exc}") from None
@@ -166,12 +254,12 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
     with conn.transaction():
         conn.execute(
             "CREATE TEMP TABLE import_meters (meter_id text, protocol text, concentrator_id text, region text, "
-            "model text, multiplier int, status text, register_max_wh bigint, installed_on date, reconnect_mode text) "
-            "ON COMMIT DROP"
+            "model text, multiplier int, status text, register_max_wh bigint, installed_on date, reconnect_mode text, "
+            "endpoint text, unit_id smallint, address text, bus text) ON COMMIT DROP"
         )
         with conn.cursor().copy(
             "COPY import_meters (meter_id, protocol, concentrator_id, region, model, multiplier, status, "
-            "register_max_wh, installed_on, reconnect_mode) FROM STDIN"
+            "register_max_wh, installed_on, reconnect_mode, endpoint, unit_id, address, bus) FROM STDIN"
         ) as copy:
             for r in rows:
                 copy.write_row(
@@ -186,8 +274,13 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
                         r.register_max_wh,
                         r.installed_on,
                         r.reconnect_mode,
+                        r.endpoint,
+                        r.unit_id,
+                        r.address,
+                        r.bus,
                     )
                 )
+        _refuse_taken_places(conn)
         created_dcus = conn.execute(
             "WITH ins AS (INSERT INTO concentrators (concentrator_id, region) "
             "SELECT DISTINCT ON (concentrator_id) concentrator_id, region FROM import_meters "
@@ -198,21 +291,25 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
             """
             WITH up AS (
                 INSERT INTO meters AS m (meter_id, protocol, concentrator_id, region, model, multiplier, status,
-                                         register_max_wh, installed_on, reconnect_mode)
+                                         register_max_wh, installed_on, reconnect_mode, endpoint, unit_id, address,
+                                         bus)
                 SELECT meter_id, protocol, concentrator_id, region, model, multiplier, status,
-                       coalesce(register_max_wh, %(default_register_max_wh)s), installed_on, reconnect_mode
+                       coalesce(register_max_wh, %(default_register_max_wh)s), installed_on, reconnect_mode,
+                       endpoint, unit_id, address, bus
                 FROM import_meters ORDER BY meter_id
                 ON CONFLICT (meter_id) DO UPDATE SET
                     protocol = excluded.protocol, concentrator_id = excluded.concentrator_id,
                     region = excluded.region, model = excluded.model, multiplier = excluded.multiplier,
                     status = excluded.status, register_max_wh = excluded.register_max_wh,
                     installed_on = excluded.installed_on, reconnect_mode = excluded.reconnect_mode,
-                    updated_at = now()
+                    endpoint = excluded.endpoint, unit_id = excluded.unit_id, address = excluded.address,
+                    bus = excluded.bus, updated_at = now()
                 WHERE (m.protocol, m.concentrator_id, m.region, m.model, m.multiplier, m.status, m.register_max_wh,
-                       m.installed_on, m.reconnect_mode)
+                       m.installed_on, m.reconnect_mode, m.endpoint, m.unit_id, m.address, m.bus)
                       IS DISTINCT FROM (excluded.protocol, excluded.concentrator_id, excluded.region,
                                         excluded.model, excluded.multiplier, excluded.status,
-                                        excluded.register_max_wh, excluded.installed_on, excluded.reconnect_mode)
+                                        excluded.register_max_wh, excluded.installed_on, excluded.reconnect_mode,
+                                        excluded.endpoint, excluded.unit_id, excluded.address, excluded.bus)
                 RETURNING (xmax = 0) AS created
             )
             SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM up
@@ -222,3 +319,23 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
     assert created_dcus is not None
     assert counts is not None
     return ImportResult(int(counts[0]), int(counts[1]), int(created_dcus[0]))
+
+
+def _refuse_taken_places(conn: psycopg.Connection[Any]) -> None:
+    """Raise RegistryConflictError when an imported meter would answer where a registered meter already does."""
+    taken = conn.execute(
+        """
+        SELECT i.meter_id, m.meter_id, i.endpoint, coalesce(i.bus, ''), i.unit_id, i.address
+        FROM import_meters i
+        JOIN meters m ON m.endpoint = i.endpoint AND coalesce(m.bus, '') = coalesce(i.bus, '')
+                     AND (m.unit_id = i.unit_id OR m.address = i.address) AND m.meter_id <> i.meter_id
+        ORDER BY i.meter_id
+        """
+    ).fetchall()
+    if taken:
+        lines = [
+            f"meter {new!r}: {f'unit {unit}' if unit is not None else f'address {address}'} on"
+            f"{f' bus {bus!r} of' if bus else ''} {endpoint} is taken by meter {old!r}"
+            for new, old, endpoint, bus, unit, address in taken
+        ]
+        raise RegistryConflictError("; ".join(lines) + " (move or remove the registered meter first)")

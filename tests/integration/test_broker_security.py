@@ -151,7 +151,14 @@ def module_database() -> Iterator[str]:
             rows += [
                 MeterRow(m, "mqtt", dcu, "test", None, 1, "active", None) for dcu, ms in BEHIND.items() for m in ms
             ]
-            rows += [MeterRow(m, protocol, None, "test", None, 1, status, None) for m, protocol, status in ODD_METERS]
+            rows += [
+                MeterRow(m, protocol, None, "test", None, 1, status, None)
+                if protocol == "mqtt"
+                else MeterRow(
+                    m, protocol, None, "test", "eastron_sdm120", 1, status, None, endpoint="127.0.0.1:502", unit_id=1
+                )
+                for m, protocol, status in ODD_METERS
+            ]
             import_meters(conn, rows)
         yield url
     finally:

@@ -106,7 +106,13 @@ class Loop:
     def exhaust(self, n: int, *, concentrator: str | None = None, protocol: str = "mqtt") -> None:
         """Open account n on meter n and feed it a day of heavy use: its balance runs out, a disconnect is due."""
         register(self.conn, [self.meter(n)], concentrator=concentrator)
-        self.conn.execute("UPDATE meters SET protocol = %s WHERE meter_id = %s", (protocol, self.meter(n)))
+        if protocol != "mqtt":  # a polled meter: where it answers (unit n of a gateway the test never reaches)
+            self.conn.execute(
+                "UPDATE meters SET protocol = %s, concentrator_id = NULL, endpoint = '127.0.0.1:9', "
+                "unit_id = CASE WHEN %s = 'modbus' THEN %s END, "
+                "address = CASE WHEN %s = 'dlt645' THEN lpad(%s::text, 12, '0') END WHERE meter_id = %s",
+                (protocol, protocol, n, protocol, n, self.meter(n)),
+            )
         open_account(
             self.conn,
             self.catalog,

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from headend.cli.app import app
-from headend.registry.meter_import import ImportResult, import_meters, read_registry_file
+from headend.registry.meter_import import ImportResult, RegistryConflictError, import_meters, read_registry_file
 from tests.integration.conftest import count
 
 pytestmark = pytest.mark.integration
@@ -20,9 +20,9 @@ HEADER = "meter_id,protocol,concentrator_id,region,model,multiplier,status,regis
 GOOD = f"""{HEADER}
 m-01,mqtt,dcu-a,north,SDM120,1,active,
 m-02,mqtt,dcu-a,north,SDM120,1,active,
-m-03,modbus,dcu-b,south,SDM630,40,inactive,100000
+m-03,mqtt,dcu-b,south,SDM630,40,inactive,100000
 m-04,mqtt,,south,,,,
-m-05,modbus,,north,,,removed,
+m-05,mqtt,,north,,,removed,
 """
 METER_COLUMNS = "meter_id, protocol, concentrator_id, region, model, multiplier, status, register_max_wh"
 
@@ -59,9 +59,9 @@ def test_import_creates_meters_and_concentrators(db: psycopg.Connection[Any], tm
     assert _meters(db) == [
         ("m-01", "mqtt", "dcu-a", "north", "SDM120", 1, "active", 999_999_990),
         ("m-02", "mqtt", "dcu-a", "north", "SDM120", 1, "active", 999_999_990),
-        ("m-03", "modbus", "dcu-b", "south", "SDM630", 40, "inactive", 100_000),
+        ("m-03", "mqtt", "dcu-b", "south", "SDM630", 40, "inactive", 100_000),
         ("m-04", "mqtt", None, "south", None, 1, "active", 999_999_990),
-        ("m-05", "modbus", None, "north", None, 1, "removed", 999_999_990),
+        ("m-05", "mqtt", None, "north", None, 1, "removed", 999_999_990),
     ]
     assert db.execute("SELECT concentrator_id, region FROM concentrators ORDER BY 1").fetchall() == [
         ("dcu-a", "north"),
@@ -140,7 +140,7 @@ def test_cli_with_bad_rows_reports_them_and_imports_nothing(
     assert result.exit_code == 1, result.output
     err = result.stderr.splitlines()
     assert f"error: {path}: line 3: meter_id 'm 02' does not match [A-Za-z0-9_-]{{1,32}}" in err
-    assert f"error: {path}: line 5: protocol 'lora' is not one of mqtt, modbus" in err
+    assert f"error: {path}: line 5: protocol 'lora' is not one of mqtt, modbus, dlt645" in err
     assert f"error: {path}: line 6: meter_id 'm-01' repeats line 2" in err
     assert "3 row(s) refused; nothing imported (fix them, or pass --skip-invalid)" in err
     assert count(db, "SELECT count(*) FROM meters") == 0
@@ -213,3 +213,47 @@ def test_reconnect_mode_is_imported_and_checked(db: psycopg.Connection[Any], tmp
         _write(tmp_path, "meter_id,protocol,concentrator_id,region,reconnect_mode\nr-3,mqtt,,n,press\n")
     )
     assert [str(e) for e in bad.errors] == ["line 2: reconnect_mode 'press' is not one of direct, allowed"]
+
+
+POLLED = """meter_id,protocol,concentrator_id,region,model,endpoint,unit_id,address,bus
+mb-1,modbus,,north,eastron_sdm630,10.0.0.7:502,1,,
+mb-2,modbus,,north,chint_dtsu666,10.0.0.7:502,2,,
+dl-1,dlt645,,north,,10.0.0.8:8899,,000012345678,rs485-1
+"""
+
+
+def test_polled_meters_are_registered_where_they_answer(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    parsed = read_registry_file(_write(tmp_path, POLLED))
+    assert parsed.errors == []
+    assert import_meters(db, parsed.rows).meters_created == 3
+    rows = db.execute("SELECT meter_id, protocol, endpoint, unit_id, address, bus FROM meters ORDER BY 1").fetchall()
+    assert rows == [
+        ("dl-1", "dlt645", "10.0.0.8:8899", None, "000012345678", "rs485-1"),
+        ("mb-1", "modbus", "10.0.0.7:502", 1, None, None),
+        ("mb-2", "modbus", "10.0.0.7:502", 2, None, None),
+    ]
+    assert import_meters(db, parsed.rows) == ImportResult(0, 0, 0)
+    # another meter at a place that is taken: nothing of the file is imported
+    taken = POLLED.splitlines()[0] + "\nmb-3,modbus,,north,eastron_sdm120,10.0.0.7:502,9,,\n"
+    taken += "mb-9,modbus,,north,eastron_sdm120,10.0.0.7:502,2,,\n"
+    with pytest.raises(
+        RegistryConflictError, match=re.escape("meter 'mb-9': unit 2 on 10.0.0.7:502 is taken by meter 'mb-2'")
+    ):
+        import_meters(db, read_registry_file(_write(tmp_path, taken, "taken.csv")).rows)
+    assert count(db, "SELECT count(*) FROM meters") == 3
+    # the schema holds the same rules as the file's checks, for whoever writes meters another way
+    with pytest.raises(psycopg.errors.CheckViolation, match="meters_reached"):
+        db.execute("UPDATE meters SET unit_id = NULL WHERE meter_id = 'mb-1'")
+    with pytest.raises(psycopg.errors.UniqueViolation, match="meters_modbus_unit"):
+        db.execute("UPDATE meters SET unit_id = 2 WHERE meter_id = 'mb-1'")
+
+
+def test_a_conflicting_place_is_refused_by_the_command_with_nothing_imported(
+    database_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    assert _cli(database_url, str(_write(tmp_path, POLLED))).exit_code == 0
+    moved = POLLED.splitlines()[0] + "\nmb-7,modbus,,north,eastron_sdm120,10.0.0.7:502,1,,\n"
+    result = _cli(database_url, str(_write(tmp_path, moved, "moved.csv")))
+    assert result.exit_code == 1
+    assert "nothing imported: meter 'mb-7': unit 1 on 10.0.0.7:502 is taken by meter 'mb-1'" in _flat(result.output)
+    assert count(db, "SELECT count(*) FROM meters WHERE meter_id = 'mb-7'") == 0

@@ -36,14 +36,14 @@ def test_good_file_with_optional_columns() -> None:
         _lines(
             f"{FULL_HEADER}\n"
             "m-1,mqtt,dcu-1,north,SDM120,1,active,999999990\n"
-            "m-2,modbus,,south,,40,inactive,\n"
+            "m-2,mqtt,,south,,40,inactive,\n"
             " m-3 , MQTT ,dcu-1, north ,DDSY 666,,removed,100000\n"
         )
     )
     assert parsed.errors == []
     assert parsed.rows == [
         MeterRow("m-1", "mqtt", "dcu-1", "north", "SDM120", 1, "active", 999_999_990),
-        MeterRow("m-2", "modbus", None, "south", None, 40, "inactive", None),
+        MeterRow("m-2", "mqtt", None, "south", None, 40, "inactive", None),
         MeterRow("m-3", "mqtt", "dcu-1", "north", "DDSY 666", 1, "removed", 100_000),
     ]
 
@@ -57,9 +57,9 @@ def test_installed_on_is_an_optional_local_day() -> None:
 
 
 def test_required_columns_only_give_the_defaults() -> None:
-    parsed = parse_registry(_lines("region,meter_id,concentrator_id,protocol\nwest,m-9,,modbus\n"))
+    parsed = parse_registry(_lines("region,meter_id,concentrator_id,protocol\nwest,m-9,,MQTT\n"))
     assert parsed.errors == []
-    assert parsed.rows == [MeterRow("m-9", "modbus", None, "west", None, 1, "active", None)]
+    assert parsed.rows == [MeterRow("m-9", "mqtt", None, "west", None, 1, "active", None)]
 
 
 def test_blank_lines_are_skipped_and_line_numbers_stay_true() -> None:
@@ -110,15 +110,15 @@ m-6,mqtt,dcu-1,north,,x,,
 m-7,mqtt,dcu-1,north,,0,,
 m-8,mqtt,dcu-1,north,,,retired,
 m-9,mqtt,dcu-1,north,,,,,surplus
-m-10,modbus,,south,,,,
-m-1,modbus,,south,,,,
+m-10,mqtt,,south,,,,
+m-1,mqtt,,south,,,,
 m-12,mqtt,,south,,,,-5
 m-13,mqtt,,south,,2.5,,
 """
 
 EXPECTED_ERRORS = [
     RowError(3, "meter_id 'bad id!' does not match [A-Za-z0-9_-]{1,32}"),
-    RowError(4, "protocol 'zigbee' is not one of mqtt, modbus"),
+    RowError(4, "protocol 'zigbee' is not one of mqtt, modbus, dlt645"),
     RowError(5, "concentrator_id 'dcu 1' does not match [A-Za-z0-9_-]{1,32}"),
     RowError(6, "region is empty"),
     RowError(7, "multiplier 'x' is not a whole number"),
@@ -135,7 +135,7 @@ def test_every_bad_row_is_reported_with_its_line_and_good_rows_are_kept() -> Non
     parsed = parse_registry(_lines(BAD_ROWS_FILE))
     assert parsed.rows == [
         MeterRow("m-1", "mqtt", "dcu-1", "north", None, 1, "active", None),
-        MeterRow("m-10", "modbus", None, "south", None, 1, "active", None),
+        MeterRow("m-10", "mqtt", None, "south", None, 1, "active", None),
     ]
     assert parsed.errors == EXPECTED_ERRORS
 
@@ -153,11 +153,11 @@ def test_fewer_fields_than_header_is_reported_by_what_is_missing() -> None:
 # --------------------------------------------------------------------------- parse_row
 
 
-GOOD_RECORD = {"meter_id": "m-1", "protocol": "modbus", "concentrator_id": "", "region": "r"}
+GOOD_RECORD = {"meter_id": "m-1", "protocol": "mqtt", "concentrator_id": "", "region": "r"}
 
 
 def test_parse_row_of_a_good_record() -> None:
-    assert parse_row(GOOD_RECORD) == MeterRow("m-1", "modbus", None, "r", None, 1, "active", None)
+    assert parse_row(GOOD_RECORD) == MeterRow("m-1", "mqtt", None, "r", None, 1, "active", None)
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_parse_row_of_a_good_record() -> None:
     [
         ({"meter_id": ""}, "meter_id '' does not match"),
         ({"meter_id": "m" * 33}, "does not match [A-Za-z0-9_-]{1,32}"),
-        ({"protocol": "dlms"}, "protocol 'dlms' is not one of mqtt, modbus"),
+        ({"protocol": "dlms"}, "protocol 'dlms' is not one of mqtt, modbus, dlt645"),
         ({"concentrator_id": "dcu/1"}, "concentrator_id 'dcu/1' does not match"),
         ({"region": ""}, "region is empty"),
         ({"multiplier": "ten"}, "multiplier 'ten' is not a whole number"),
@@ -189,7 +189,7 @@ def test_parse_row_with_missing_keys_is_refused_not_crashed() -> None:
 _ids = st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True)
 
 
-@given(st.lists(st.tuples(_ids, st.sampled_from(["mqtt", "modbus"]), st.integers(1, 10**6)), max_size=20))
+@given(st.lists(st.tuples(_ids, st.sampled_from(["mqtt", "MQTT"]), st.integers(1, 10**6)), max_size=20))
 def test_written_rows_parse_back_exactly(rows: list[tuple[str, str, int]]) -> None:
     unique = list({meter_id: (meter_id, protocol, mult) for meter_id, protocol, mult in rows}.values())
     out = io.StringIO()
@@ -199,7 +199,7 @@ def test_written_rows_parse_back_exactly(rows: list[tuple[str, str, int]]) -> No
         writer.writerow([meter_id, protocol, "", "r", multiplier])
     parsed = parse_registry(_lines(out.getvalue()))
     assert parsed.errors == []
-    assert parsed.rows == [MeterRow(m, p, None, "r", None, k, "active", None) for m, p, k in unique]
+    assert parsed.rows == [MeterRow(m, p.lower(), None, "r", None, k, "active", None) for m, p, k in unique]
 
 
 # --------------------------------------------------------------------------- files on disk
@@ -249,3 +249,79 @@ def test_unclosed_quote_in_a_large_file_is_a_file_error() -> None:
 def test_a_record_spanning_lines_is_reported_at_its_first_line() -> None:
     parsed = parse_registry(_lines(UNCLOSED_QUOTE + "m-1,mqtt,dcu-a,north\n"))
     assert [e.line for e in parsed.errors] == [2]
+
+
+# --------------------------------------------------------------------------- polled meters
+
+POLLED_HEADER = "meter_id,protocol,concentrator_id,region,model,endpoint,unit_id,address,bus"
+
+
+def test_polled_meters_say_where_they_answer() -> None:
+    parsed = parse_registry(
+        _lines(
+            f"{POLLED_HEADER}\n"
+            "mb-1,modbus,,r,eastron_sdm630,10.0.0.7:502,3,,\n"
+            "mb-2,modbus,,r,chint_dtsu666,gw-1.example:4001,3,,rs485-2\n"
+            "dl-1,dlt645,,r,,[fd00::1]:8899,,000012345678,\n"
+            "m-1,mqtt,dcu-1,r,,,,,\n"
+        )
+    )
+    assert parsed.errors == []
+    assert [(r.meter_id, r.endpoint, r.unit_id, r.address, r.bus) for r in parsed.rows] == [
+        ("mb-1", "10.0.0.7:502", 3, None, None),
+        ("mb-2", "gw-1.example:4001", 3, None, "rs485-2"),
+        ("dl-1", "[fd00::1]:8899", None, "000012345678", None),
+        ("m-1", None, None, None, None),
+    ]
+
+
+POLLED = {"meter_id": "mb-1", "protocol": "modbus", "concentrator_id": "", "region": "r", "model": "eastron_sdm120"}
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        ({**POLLED}, "a modbus meter needs an endpoint (host:port)"),
+        ({**POLLED, "endpoint": "10.0.0.7"}, "endpoint '10.0.0.7' is not host:port with a port 1-65535"),
+        ({**POLLED, "endpoint": "10.0.0.7:0", "unit_id": "1"}, "is not host:port with a port 1-65535"),
+        ({**POLLED, "endpoint": "10.0.0.7:70000", "unit_id": "1"}, "is not host:port with a port 1-65535"),
+        ({**POLLED, "endpoint": "a b:502", "unit_id": "1"}, "endpoint 'a b:502' is not host:port"),
+        ({**POLLED, "endpoint": "h:502"}, "a modbus meter needs a unit_id (1-247)"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "0"}, "unit_id 0 is outside 1-247"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "248"}, "unit_id 248 is outside 1-247"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "x"}, "unit_id 'x' is not a whole number"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "1", "address": "000000000001"}, "address is for DL/T 645"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "1", "model": "sdm999"}, "model 'sdm999' of a modbus meter"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "1", "model": ""}, "model None of a modbus meter"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "1", "bus": "b" * 65}, "bus name of 65 characters"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "1", "concentrator_id": "dcu-1"}, "not through concentrator"),
+        ({**POLLED, "protocol": "dlt645", "endpoint": "h:1"}, "a dlt645 meter needs an address of 12 digits"),
+        ({**POLLED, "protocol": "dlt645", "endpoint": "h:1", "address": "12345"}, "got '12345'"),
+        ({**POLLED, "protocol": "dlt645", "endpoint": "h:1", "address": "00000000000A"}, "12 digits"),
+        ({**POLLED, "protocol": "dlt645", "endpoint": "h:1", "unit_id": "1"}, "unit_id is for modbus meters"),
+        ({**POLLED, "protocol": "mqtt", "endpoint": "h:1"}, "endpoint given for a mqtt meter, which is not polled"),
+        ({**POLLED, "protocol": "mqtt", "unit_id": "1", "bus": "x"}, "unit_id, bus given for a mqtt meter"),
+    ],
+)
+def test_a_polled_meter_row_is_refused_with_its_reason(record: dict[str, str], reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse_row(record)
+
+
+def test_two_meters_answering_at_one_place_are_refused_at_the_second() -> None:
+    parsed = parse_registry(
+        _lines(
+            f"{POLLED_HEADER}\n"
+            "mb-1,modbus,,r,eastron_sdm120,h:502,1,,\n"
+            "mb-2,modbus,,r,eastron_sdm120,h:502,1,,\n"
+            "mb-3,modbus,,r,eastron_sdm120,h:502,1,,bus-b\n"
+            "mb-4,modbus,,r,eastron_sdm120,h:503,1,,\n"
+            "dl-1,dlt645,,r,,h:502,,000000000001,bus-b\n"
+            "dl-2,dlt645,,r,,h:502,,000000000001,bus-b\n"
+        )
+    )
+    assert [r.meter_id for r in parsed.rows] == ["mb-1", "mb-3", "mb-4", "dl-1"]
+    assert parsed.errors == [
+        RowError(3, "unit 1 on h:502 repeats line 2"),
+        RowError(7, "address 000000000001 on bus 'bus-b' of h:502 repeats line 6"),
+    ]
