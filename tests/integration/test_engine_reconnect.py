@@ -86,11 +86,15 @@ def _runner(database_url: str, first: Conn, **kwargs: Any) -> EngineRunner:
 
 
 def _terminate_others(conn: Conn) -> int:
-    """End every other session of the test database, as a restart or a failover of the server would."""
+    """End every other client session of the test database, as a restart or a failover of the server would.
+
+    Client sessions only: a background worker of the database (TimescaleDB's job scheduler, an autovacuum worker)
+    runs as a superuser, and ending it is refused to the role the test connects as.
+    """
     return count(
         conn,
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+        "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend') AS t",
     )
 
 

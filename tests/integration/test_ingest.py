@@ -197,8 +197,10 @@ def test_database_connection_lost_holds_and_retries(
     def keep_killing() -> None:
         while not stop.wait(0.05):
             db_killer.execute(
+                # client sessions only: a background worker of the database (TimescaleDB's job scheduler, an
+                # autovacuum worker) runs as a superuser, and ending it is refused to the operator role
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
-                "AND pid <> %s",
+                "AND pid <> %s AND backend_type = 'client backend'",
                 (dbname, db.info.backend_pid),
             )
 
