@@ -426,6 +426,14 @@ def test_ingest_stores_readings_and_dead_letters_under_its_role(
         ).fetchall()
         assert owners == [(name(DbRole.OWNER),)]
         assert refused(connect_as(DbRole.ENGINE), "SELECT create_readings_partition(current_date)")
+    else:
+        # TimescaleDB: the chunk the ingest role's readings created (not in public) belongs to the owner too
+        chunk_owners = admin_db.execute(
+            "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM timescaledb_information.chunks ch "
+            "JOIN pg_class c ON c.oid = format('%I.%I', ch.chunk_schema, ch.chunk_name)::regclass "
+            "WHERE ch.hypertable_name = 'readings'"
+        ).fetchall()
+        assert chunk_owners == [(name(DbRole.OWNER),)]
 
 
 def _exhausted(operator: Conn, connect_as: Callable[[DbRole], Conn]) -> Catalog:
