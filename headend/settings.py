@@ -186,6 +186,30 @@ class Settings(BaseSettings):
         description="how long before its command was issued an answer may be stamped (a meter clock running behind)",
     )
 
+    poll_interval_s: int = Field(
+        default=900,
+        ge=60,
+        le=86_400,
+        description="`poll`: between load points of a polled meter, from local midnight (900: every 15 minutes)",
+    )
+    poll_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="`poll`: how long one request waits for a meter's answer"
+    )
+    poll_retries: int = Field(default=2, ge=0, le=10, description="`poll`: requests repeated after a failed one")
+    poll_retry_backoff_s: float = Field(
+        default=0.5, ge=0, le=60, description="`poll`: pause before the first repeat, doubled for each next one"
+    )
+    poll_snap_s: int = Field(
+        default=300,
+        ge=0,
+        le=899,
+        description="`poll`: a register read this soon after a load point is stamped at the load point (as a "
+        "concentrator freezes it); later, at the time it was read",
+    )
+    poll_connections: int = Field(
+        default=256, ge=1, le=10_000, description="`poll`: serial buses and meters polled at once, at most"
+    )
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

@@ -160,7 +160,7 @@ _MERGE_BATCH = """
 _MERGE_TAIL = "SELECT count(*) FROM ins"
 _DEAD_LETTER_INSERT = """
 INSERT INTO dead_letters (received_at, source, topic, payload, item_index, reason, payload_sha256)
-VALUES (%s, 'mqtt', %s, %s, %s, %s, %s)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT DO NOTHING
 """
 
@@ -215,8 +215,10 @@ class ReadingWriter:
         options: SchemaOptions,
         future_tolerance: timedelta,
         max_age: timedelta = DEFAULT_READING_MAX_AGE,
+        dead_letter_source: str = "mqtt",
     ) -> None:
         self._conn = conn
+        self._dead_letter_source = dead_letter_source
         self._options = options
         self._future_tolerance = future_tolerance
         self._max_age = max_age
@@ -343,7 +345,15 @@ class ReadingWriter:
             cursor.executemany(
                 _DEAD_LETTER_INSERT,
                 [
-                    (d.received_at, d.topic, d.payload, d.item_index, d.reason, hashlib.sha256(d.payload).digest())
+                    (
+                        d.received_at,
+                        self._dead_letter_source,
+                        d.topic,
+                        d.payload,
+                        d.item_index,
+                        d.reason,
+                        hashlib.sha256(d.payload).digest(),
+                    )
                     for d in dead
                 ],
             )

@@ -8,7 +8,8 @@ answer to the same unit id or address on one bus. Rows of `modbus` meters regist
 are not checked (the constraint is NOT VALID) until they are next written: they cannot be polled until they get an
 endpoint and a unit id.
 
-`poll_failures` keeps every failed poll with its kind and reason (what the collection report says about a meter not
+`poll_failures` keeps every failed poll with its kind, reason and the requests it took (0: not tried, its bus
+unreachable) (what the collection report says about a meter not
 read): appended by the poller, never changed.
 
 Revision ID: 0021
@@ -70,7 +71,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.SmallInteger, nullable=False),
         sa.CheckConstraint(f"kind IN ({', '.join(map(repr, FAILURE_KINDS))})", name="poll_failures_kind"),
         sa.CheckConstraint("char_length(reason) BETWEEN 1 AND 1000", name="poll_failures_reason"),
-        sa.CheckConstraint("attempts >= 1", name="poll_failures_attempts"),
+        sa.CheckConstraint("attempts >= 0", name="poll_failures_attempts"),
     )
     op.create_index("poll_failures_meter_at", "poll_failures", ["meter_id", sa.text("at DESC")])
     op.create_index("poll_failures_at", "poll_failures", ["at"])

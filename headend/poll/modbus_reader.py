@@ -1,0 +1,161 @@
+"""Read a Modbus meter's registers over one reused TCP connection per endpoint, into the typed readings MQTT gives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+
+from headend.poll.failures import FailureKind, PollError
+from headend.poll.targets import Endpoint, PolledMeter
+from protocols.errors import ProtocolError
+from protocols.readings import MeterReading, RelayState
+from protocols.register_map import (
+    ReadRequest,
+    RegisterMap,
+    decode_reading,
+    decode_relay_state,
+    load_register_map,
+    plan_reads,
+    relay_status_read,
+    relay_write,
+)
+
+log = logging.getLogger(__name__)
+# pymodbus logs every failed request at error level with a traceback; the poller records each failure itself
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+class ModbusLink:
+    """One TCP connection to a Modbus endpoint, opened on first use and again after a failure."""
+
+    def __init__(self, endpoint: Endpoint, timeout_s: float) -> None:
+        self.endpoint = endpoint
+        self._timeout_s = timeout_s
+        self._client: AsyncModbusTcpClient | None = None
+        self._maps: dict[str, tuple[RegisterMap, tuple[ReadRequest, ...]]] = {}
+
+    async def _connected(self) -> AsyncModbusTcpClient:
+        if self._client is not None and self._client.connected:
+            return self._client
+        self.close()
+        # retries and reconnection are the poller's: one attempt a request, a connection opened when needed
+        client = AsyncModbusTcpClient(
+            self.endpoint.host, port=self.endpoint.port, timeout=self._timeout_s, retries=0, reconnect_delay=0
+        )
+        try:
+            connected = await asyncio.wait_for(client.connect(), self._timeout_s)
+        except (TimeoutError, OSError) as exc:
+            client.close()
+            why = str(exc) or "timed out"
+            raise PollError(FailureKind.NO_CONNECTION, f"cannot connect to {self.endpoint}: {why}") from None
+        if not connected:
+            client.close()
+            raise PollError(FailureKind.NO_CONNECTION, f"cannot connect to {self.endpoint}")
+        self._client = client
+        return client
+
+    def close(self) -> None:
+        """Close the connection, if open."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _map(self, meter: PolledMeter) -> tuple[RegisterMap, tuple[ReadRequest, ...]]:
+        model = meter.model or ""
+        if model not in self._maps:
+            try:
+                register_map = load_register_map(model)
+            except ProtocolError as exc:
+                raise PollError(FailureKind.BAD_VALUE, f"no register map for model {model!r}: {exc.reason}") from None
+            self._maps[model] = (register_map, plan_reads(register_map))
+        return self._maps[model]
+
+    async def _read(self, meter: PolledMeter, request: ReadRequest) -> list[int]:
+        client = await self._connected()
+        assert meter.unit_id is not None
+        read = client.read_holding_registers if request.function == 3 else client.read_input_registers
+        try:
+            response = await asyncio.wait_for(
+                read(request.address, count=request.count, device_id=meter.unit_id), self._timeout_s * 1.5
+            )
+        except (TimeoutError, ModbusIOException) as exc:
+            # a late answer would be taken for the next request's: start again on a new connection
+            self.close()
+            raise PollError(
+                FailureKind.TIMEOUT, f"no answer from unit {meter.unit_id} within {self._timeout_s} s"
+            ) from exc
+        except ConnectionException as exc:
+            self.close()
+            raise PollError(FailureKind.NO_CONNECTION, f"connection to {self.endpoint} lost: {exc}") from exc
+        except ModbusException as exc:
+            self.close()
+            raise PollError(FailureKind.BAD_FRAME, f"unit {meter.unit_id}: {exc}") from exc
+        if response.isError():
+            code = getattr(response, "exception_code", None)
+            raise PollError(
+                FailureKind.EXCEPTION_RESPONSE,
+                f"unit {meter.unit_id} answered function {request.function} at 0x{request.address:04X} with exception "
+                f"code {code}",
+            )
+        registers: Sequence[int] = response.registers
+        if len(registers) != request.count:
+            raise PollError(FailureKind.BAD_FRAME, f"{len(registers)} registers for {request.count} asked")
+        return list(registers)
+
+    async def read_meter(self, meter: PolledMeter, stamp: datetime) -> MeterReading:
+        """Read every register of the meter's map and decode them, stamped `stamp`."""
+        register_map, plan = self._map(meter)
+        responses = [await self._read(meter, request) for request in plan]
+        try:
+            return decode_reading(register_map, plan, responses, meter_id=meter.meter_id, ts=stamp)
+        except ProtocolError as exc:
+            raise PollError(FailureKind.BAD_VALUE, exc.reason) from None
+
+    async def read_relay(self, meter: PolledMeter) -> RelayState:
+        """The position of the meter's relay, read from its status register."""
+        register_map, _ = self._map(meter)
+        try:
+            request = relay_status_read(register_map)
+        except ProtocolError as exc:
+            raise PollError(FailureKind.BAD_VALUE, exc.reason) from None
+        words = await self._read(meter, request)
+        try:
+            return decode_relay_state(register_map, words)
+        except ProtocolError as exc:
+            raise PollError(FailureKind.BAD_VALUE, exc.reason) from None
+
+    async def write_relay(self, meter: PolledMeter, target: RelayState) -> None:
+        """Write the meter's relay control to move its relay to `target`."""
+        register_map, _ = self._map(meter)
+        try:
+            write = relay_write(register_map, target)
+        except ProtocolError as exc:
+            raise PollError(FailureKind.BAD_VALUE, exc.reason) from None
+        client = await self._connected()
+        assert meter.unit_id is not None
+        try:
+            if write.function == 5:
+                call = client.write_coil(write.address, bool(write.value), device_id=meter.unit_id)
+            elif write.function == 6:
+                call = client.write_register(write.address, write.value, device_id=meter.unit_id)
+            else:
+                call = client.write_registers(write.address, list(write.words), device_id=meter.unit_id)
+            response = await asyncio.wait_for(call, self._timeout_s * 1.5)
+        except (TimeoutError, ModbusIOException) as exc:
+            self.close()
+            raise PollError(
+                FailureKind.TIMEOUT, f"no answer from unit {meter.unit_id} within {self._timeout_s} s"
+            ) from exc
+        except ModbusException as exc:
+            self.close()
+            raise PollError(FailureKind.NO_CONNECTION, f"unit {meter.unit_id}: {exc}") from exc
+        if response.isError():
+            code = getattr(response, "exception_code", None)
+            raise PollError(
+                FailureKind.EXCEPTION_RESPONSE, f"unit {meter.unit_id} refused the relay write: code {code}"
+            )

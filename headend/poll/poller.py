@@ -1,0 +1,147 @@
+"""One round of polls: every bus in parallel (up to a limit), one request at a time on each, with retries."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_none
+
+from headend.poll.failures import FailureKind, PollError, PollFailure
+from headend.poll.modbus_reader import ModbusLink
+from headend.poll.schedule import reading_stamp
+from headend.poll.targets import Endpoint, PolledMeter, by_bus
+from protocols.readings import MeterReading
+
+log = logging.getLogger(__name__)
+# worth asking again: the answer may come next time; an exception code or a meter's refusal will not change
+TRANSIENT = frozenset({FailureKind.TIMEOUT, FailureKind.NO_CONNECTION, FailureKind.BAD_FRAME})
+
+Clock = Callable[[], datetime]
+Deliver = Callable[[list[tuple[PolledMeter, MeterReading]], list[PollFailure]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class PollConfig:
+    """How requests are made: timeout, repeats, backoff, snapping to load points, parallel buses."""
+
+    timeout_s: float = 2.0
+    retries: int = 2
+    retry_backoff_s: float = 0.5
+    snap: timedelta = timedelta(seconds=300)
+    connections: int = 256
+
+    def __post_init__(self) -> None:
+        assert self.timeout_s > 0
+        assert self.retries >= 0
+        assert self.retry_backoff_s >= 0
+        assert self.connections >= 1
+
+
+@dataclass
+class RoundTotals:
+    """What one round did."""
+
+    read: int = 0
+    failed: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        """One line: read, failed by kind, time taken."""
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.by_kind.items()))
+        return (
+            f"{self.read} read, {self.failed} failed" + (f" ({kinds})" if kinds else "") + f" in {self.seconds:.1f} s"
+        )
+
+
+class Poller:
+    """Polls meters over links kept open between rounds (one per bus)."""
+
+    def __init__(self, config: PollConfig, clock: Clock) -> None:
+        self._config = config
+        self._clock = clock
+        self._links: dict[Endpoint, ModbusLink] = {}
+
+    def close(self) -> None:
+        """Close every link."""
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+
+    def _retrying(self) -> AsyncRetrying:
+        backoff = self._config.retry_backoff_s
+        return AsyncRetrying(
+            stop=stop_after_attempt(self._config.retries + 1),
+            wait=wait_exponential(multiplier=backoff, min=backoff, max=backoff * 64) if backoff else wait_none(),
+            retry=retry_if_exception(lambda exc: isinstance(exc, PollError) and exc.kind in TRANSIENT),
+            reraise=True,
+        )
+
+    def _link(self, endpoint: Endpoint) -> ModbusLink:
+        if endpoint not in self._links:
+            self._links[endpoint] = ModbusLink(endpoint, self._config.timeout_s)
+        return self._links[endpoint]
+
+    async def poll_meter(self, meter: PolledMeter, load_point: datetime | None) -> MeterReading | PollFailure:
+        """Read one meter, repeating transient failures: its reading, or why it could not be read."""
+        assert meter.protocol == "modbus", meter
+        link = self._link(meter.endpoint)
+        attempts = 0
+        try:
+            async for attempt in self._retrying():
+                with attempt:
+                    attempts += 1
+                    reading = await link.read_meter(meter, self._clock())
+        except PollError as exc:
+            return PollFailure(meter.meter_id, self._clock(), exc.kind, exc.reason, attempts)
+        stamp = reading_stamp(self._clock(), load_point, self._config.snap)
+        return dataclasses.replace(reading, ts=stamp)
+
+    async def _poll_bus(
+        self, meters: list[PolledMeter], load_point: datetime | None, deliver: Deliver, totals: RoundTotals
+    ) -> None:
+        unreachable: PollFailure | None = None
+        for meter in meters:
+            if unreachable is not None:
+                # the bus's connection failed with every repeat: the others on it are not asked in this round
+                outcome: MeterReading | PollFailure = PollFailure(
+                    meter.meter_id,
+                    self._clock(),
+                    FailureKind.NO_CONNECTION,
+                    f"not asked: {unreachable.reason} (for meter {unreachable.meter_id})",
+                    0,
+                )
+            else:
+                outcome = await self.poll_meter(meter, load_point)
+                if isinstance(outcome, PollFailure) and outcome.kind is FailureKind.NO_CONNECTION:
+                    unreachable = outcome
+            if isinstance(outcome, PollFailure):
+                totals.failed += 1
+                totals.by_kind[outcome.kind] += 1
+                await deliver([], [outcome])
+            else:
+                totals.read += 1
+                await deliver([(meter, outcome)], [])
+
+    async def poll_round(self, meters: list[PolledMeter], load_point: datetime | None, deliver: Deliver) -> RoundTotals:
+        """Poll `meters` once: buses in parallel up to the connection limit, each bus one request at a time."""
+        totals = RoundTotals()
+        started = time.monotonic()
+        limit = asyncio.Semaphore(self._config.connections)
+
+        async def one_bus(bus: list[PolledMeter]) -> None:
+            async with limit:
+                await self._poll_bus(bus, load_point, deliver, totals)
+
+        async with asyncio.TaskGroup() as group:
+            for bus in by_bus(meters).values():
+                group.create_task(one_bus(bus))
+        totals.seconds = time.monotonic() - started
+        return totals

@@ -1,0 +1,185 @@
+"""`headend poll`: rounds of polls at every load point (or one round), their readings and failures stored in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+from zoneinfo import ZoneInfo
+
+import psycopg
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential
+
+from headend.ingest.writer import WriteResult
+from headend.poll.failures import PollFailure
+from headend.poll.poller import Clock, PollConfig, Poller, RoundTotals
+from headend.poll.schedule import load_point_at_or_before, next_load_point
+from headend.poll.store import PollStore
+from headend.poll.targets import PolledMeter
+from headend.settings import Settings
+from protocols.readings import MeterReading
+
+log = logging.getLogger(__name__)
+FLUSH_READINGS = 500
+FLUSH_EVERY_S = 1.0
+DB_RETRY_MAX_S = 30.0
+T = TypeVar("T")
+
+
+def poll_config(settings: Settings) -> PollConfig:
+    """The poller's configuration from the settings."""
+    return PollConfig(
+        timeout_s=settings.poll_timeout_s,
+        retries=settings.poll_retries,
+        retry_backoff_s=settings.poll_retry_backoff_s,
+        snap=timedelta(seconds=settings.poll_snap_s),
+        connections=settings.poll_connections,
+    )
+
+
+@dataclass
+class PollTotals:
+    """What a poller did since it started."""
+
+    rounds: int = 0
+    read: int = 0
+    failed: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    last_round: RoundTotals = field(default_factory=RoundTotals)
+
+
+class _Batcher:
+    """Collects what polls deliver and stores it in batches, on one database thread, retrying a database that fails."""
+
+    def __init__(self, store: PollStore, executor: ThreadPoolExecutor, totals: PollTotals, stop: threading.Event):
+        self._store = store
+        self._executor = executor
+        self._totals = totals
+        self._stop = stop
+        self._readings: list[tuple[PolledMeter, MeterReading]] = []
+        self._failures: list[PollFailure] = []
+        self._lock = asyncio.Lock()
+        self._last_flush = asyncio.get_running_loop().time()
+
+    async def deliver(self, readings: list[tuple[PolledMeter, MeterReading]], failures: list[PollFailure]) -> None:
+        self._readings.extend(readings)
+        self._failures.extend(failures)
+        now = asyncio.get_running_loop().time()
+        if len(self._readings) + len(self._failures) >= FLUSH_READINGS or now - self._last_flush >= FLUSH_EVERY_S:
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            readings, failures = self._readings, self._failures
+            self._readings, self._failures = [], []
+            self._last_flush = asyncio.get_running_loop().time()
+            if not readings and not failures:
+                return
+            result = await self._write(readings, failures)
+        self._totals.stored += result.inserted
+        self._totals.duplicates += result.duplicates
+        self._totals.dead_letters += result.dead_letters
+
+    async def _write(
+        self, readings: list[tuple[PolledMeter, MeterReading]], failures: list[PollFailure]
+    ) -> WriteResult:
+        return await on_database(self._executor, self._stop, self._store.write, readings, failures)
+
+
+async def on_database(executor: ThreadPoolExecutor, stop: threading.Event, call: Callable[..., T], *args: object) -> T:
+    """Run `call` on the database thread; a database that is down is waited for (what polls read is held, not
+    lost) until it is back, or until `stop` is set (then the last error is raised)."""
+    loop = asyncio.get_running_loop()
+
+    def warn(state: RetryCallState) -> None:
+        log.warning("database unavailable (%s); holding the work in hand and retrying", _outcome(state))
+
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(psycopg.OperationalError),
+        wait=wait_exponential(multiplier=0.5, max=DB_RETRY_MAX_S),
+        stop=lambda state: stop.is_set(),
+        before_sleep=warn,
+        reraise=True,
+    ):
+        with attempt:
+            return await loop.run_in_executor(executor, call, *args)
+    raise AssertionError("unreachable: AsyncRetrying returns or raises")
+
+
+def _outcome(state: RetryCallState) -> str:
+    return str(state.outcome.exception()) if state.outcome is not None else "?"
+
+
+async def _round(
+    poller: Poller, batcher: _Batcher, meters: list[PolledMeter], load_point: datetime | None
+) -> RoundTotals:
+    totals = await poller.poll_round(meters, load_point, batcher.deliver)
+    await batcher.flush()
+    return totals
+
+
+async def run_poller(
+    settings: Settings,
+    database_url: str,
+    stop: threading.Event,
+    *,
+    once: bool = False,
+    meter_ids: list[str] | None = None,
+    clock: Clock = lambda: datetime.now(UTC),
+) -> PollTotals:
+    """Poll until `stop` is set: a round at every load point; with `once`, one round now and return."""
+    zone = ZoneInfo(settings.timezone)
+    interval = timedelta(seconds=settings.poll_interval_s)
+    totals = PollTotals()
+    store = PollStore(database_url, settings)
+    poller = Poller(poll_config(settings), clock)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="poll-db") as executor:
+        loop = asyncio.get_running_loop()
+        batcher = _Batcher(store, executor, totals, stop)
+        try:
+            while not stop.is_set():
+                now = clock()
+                if once:
+                    load_point = load_point_at_or_before(now, interval, zone)
+                else:
+                    due = next_load_point(now, interval, zone)
+                    if not await _sleep_until(due, clock, stop):
+                        break
+                    load_point = due
+                meters = await on_database(executor, stop, store.polled_meters, meter_ids)
+                result = await _round(poller, batcher, meters, load_point)
+                totals.rounds += 1
+                totals.read += result.read
+                totals.failed += result.failed
+                totals.last_round = result
+                log.info(
+                    "poll round at %s: %d meter(s), %s",
+                    load_point.astimezone(zone).isoformat(timespec="minutes"),
+                    len(meters),
+                    result.summary(),
+                )
+                if once:
+                    break
+                if clock() >= next_load_point(load_point, interval, zone):
+                    log.warning("the round at %s outlasted its interval: load points were missed", load_point)
+        finally:
+            poller.close()
+            await loop.run_in_executor(executor, store.close)
+    return totals
+
+
+async def _sleep_until(due: datetime, clock: Clock, stop: threading.Event) -> bool:
+    """Wait until `due`; False when stopped first. Checks the stop event at least every half second."""
+    while not stop.is_set():
+        remaining = (due - clock()).total_seconds()
+        if remaining <= 0:
+            return True
+        await asyncio.sleep(min(remaining, 0.5))
+    return False
