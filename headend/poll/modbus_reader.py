@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -75,14 +76,13 @@ class ModbusLink:
             self._maps[model] = (register_map, plan_reads(register_map))
         return self._maps[model]
 
-    async def _read(self, meter: PolledMeter, request: ReadRequest) -> list[int]:
+    async def _ask(
+        self, meter: PolledMeter, request: Callable[[AsyncModbusTcpClient], Awaitable[Any]], what: str
+    ) -> Any:
+        """Send one request and wait for its answer; PollError for no answer, a lost link or an exception code."""
         client = await self._connected()
-        assert meter.unit_id is not None
-        read = client.read_holding_registers if request.function == 3 else client.read_input_registers
         try:
-            response = await asyncio.wait_for(
-                read(request.address, count=request.count, device_id=meter.unit_id), self._timeout_s * 1.5
-            )
+            response = await asyncio.wait_for(request(client), self._timeout_s * 1.5)
         except (TimeoutError, ModbusIOException) as exc:
             # a late answer would be taken for the next request's: start again on a new connection
             self.close()
@@ -98,10 +98,19 @@ class ModbusLink:
         if response.isError():
             code = getattr(response, "exception_code", None)
             raise PollError(
-                FailureKind.EXCEPTION_RESPONSE,
-                f"unit {meter.unit_id} answered function {request.function} at 0x{request.address:04X} with exception "
-                f"code {code}",
+                FailureKind.EXCEPTION_RESPONSE, f"unit {meter.unit_id} answered {what} with exception code {code}"
             )
+        return response
+
+    async def _read(self, meter: PolledMeter, request: ReadRequest) -> list[int]:
+        unit = meter.unit_id
+        assert unit is not None
+
+        def read(client: AsyncModbusTcpClient) -> Awaitable[Any]:
+            call = client.read_holding_registers if request.function == 3 else client.read_input_registers
+            return call(request.address, count=request.count, device_id=unit)
+
+        response = await self._ask(meter, read, f"function {request.function} at 0x{request.address:04X}")
         registers: Sequence[int] = response.registers
         if len(registers) != request.count:
             raise PollError(FailureKind.BAD_FRAME, f"{len(registers)} registers for {request.count} asked")
@@ -136,26 +145,14 @@ class ModbusLink:
             write = relay_write(register_map, target)
         except ProtocolError as exc:
             raise PollError(FailureKind.BAD_VALUE, exc.reason) from None
-        client = await self._connected()
-        assert meter.unit_id is not None
-        try:
+        unit = meter.unit_id
+        assert unit is not None
+
+        def send(client: AsyncModbusTcpClient) -> Awaitable[Any]:
             if write.function == 5:
-                call = client.write_coil(write.address, bool(write.value), device_id=meter.unit_id)
-            elif write.function == 6:
-                call = client.write_register(write.address, write.value, device_id=meter.unit_id)
-            else:
-                call = client.write_registers(write.address, list(write.words), device_id=meter.unit_id)
-            response = await asyncio.wait_for(call, self._timeout_s * 1.5)
-        except (TimeoutError, ModbusIOException) as exc:
-            self.close()
-            raise PollError(
-                FailureKind.TIMEOUT, f"no answer from unit {meter.unit_id} within {self._timeout_s} s"
-            ) from exc
-        except ModbusException as exc:
-            self.close()
-            raise PollError(FailureKind.NO_CONNECTION, f"unit {meter.unit_id}: {exc}") from exc
-        if response.isError():
-            code = getattr(response, "exception_code", None)
-            raise PollError(
-                FailureKind.EXCEPTION_RESPONSE, f"unit {meter.unit_id} refused the relay write: code {code}"
-            )
+                return client.write_coil(write.address, bool(write.value), device_id=unit)
+            if write.function == 6:
+                return client.write_register(write.address, write.value, device_id=unit)
+            return client.write_registers(write.address, list(write.words), device_id=unit)
+
+        await self._ask(meter, send, f"the relay write (function {write.function} at 0x{write.address:04X})")

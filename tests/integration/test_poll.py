@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -23,6 +24,7 @@ from typer.testing import CliRunner
 
 from headend.cli.app import app
 from headend.mqtt.embedded_broker import free_port
+from headend.poll.schedule import load_point_at_or_before
 from headend.poll.service import run_poller
 from headend.registry.meter_import import MeterRow, import_meters
 from headend.settings import Settings
@@ -170,7 +172,12 @@ def test_one_round_stores_every_answer_and_keeps_every_failure_with_its_reason(
         assert voltage_v == pytest.approx(truth.voltage_v, abs=0.01)
         assert relay == (None if truth.relay is None else truth.relay.value)
         assert source == f"modbus:127.0.0.1:{server.port} unit {unit}", meter_id
-        assert before - timedelta(seconds=1) <= ts <= datetime.now(UTC)
+        # at the load point when read within HEADEND_POLL_SNAP_S (300 s) of it, else when read
+        load_point = load_point_at_or_before(before, timedelta(minutes=15), ZoneInfo("Asia/Shanghai"))
+        if datetime.now(UTC) - load_point <= timedelta(seconds=300):
+            assert ts == load_point
+        elif before - load_point > timedelta(seconds=300):
+            assert before - timedelta(seconds=1) <= ts <= datetime.now(UTC)
 
     failures = db.execute("SELECT meter_id, kind, reason, attempts FROM poll_failures ORDER BY meter_id").fetchall()
     assert [(m, k, a) for m, k, _, a in failures] == [
