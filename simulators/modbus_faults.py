@@ -1,4 +1,5 @@
-"""Faults a simulated Modbus meter can be given at run time: silence, exception answers, a slow answer, a stuck relay.
+"""Faults a simulated Modbus meter can be given at run time: silence, exception answers, a slow or corrupt answer, a
+stuck relay.
 
 One fault a unit at a time; `None` is a healthy unit. A Modbus device has no clock to drift, so there is no drift here.
 """
@@ -59,8 +60,18 @@ class SlowAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class CorruptAnswer:
+    """The unit answers with a frame that is not what was asked: a read one register short, anything else garbled.
+
+    Modbus TCP has no checksum: a gateway that passes a damaged serial answer on gives a frame whose byte count
+    disagrees with the request, or bytes that are no Modbus frame at all (which a client waits past until it times
+    out).
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class StuckRelay:
     """The unit acknowledges relay writes, but its relay does not move; the status register tells the truth."""
 
 
-ModbusFault = NoAnswer | ExceptionAnswer | SlowAnswer | StuckRelay
+ModbusFault = NoAnswer | ExceptionAnswer | SlowAnswer | CorruptAnswer | StuckRelay

@@ -40,6 +40,8 @@ WRITE_SINGLE_COIL: Final = 5
 WRITE_SINGLE_REGISTER: Final = 6
 WRITE_MULTIPLE_REGISTERS: Final = 16
 _HOLDING_WRITES: Final = frozenset({WRITE_SINGLE_REGISTER, WRITE_MULTIPLE_REGISTERS})
+# a Modbus TCP header with protocol id 0xFFFF (not Modbus) and a length that promises more than follows
+GARBLED_FRAME: Final = bytes.fromhex("0000ffff00ff01")
 
 # what a device's action is given: function code, first address of the block, request address and count, the
 # block's words (changed in place), the values a write carries (None for a read); it returns an exception code
@@ -48,11 +50,13 @@ Access = Callable[[int, int, int, int, list[int], list[int] | list[bool] | None]
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """How a unit answers one request: not at all, or after `delay_s` seconds, with an exception code or its data."""
+    """How a unit answers one request: not at all, or after `delay_s` seconds, with an exception code or its data
+    (`corrupt`: a read one register short, anything else as bytes that are no Modbus frame)."""
 
     silent: bool = False
     delay_s: float = 0.0
     exception: int | None = None
+    corrupt: bool = False
 
 
 SILENT: Final = Answer(silent=True)
@@ -174,8 +178,14 @@ class _RequestHandler(ServerRequestHandler):
                 response = ExceptionResponse(pdu.function_code, ExceptionCode.SERVER_DEVICE_FAILURE)
         response.transaction_id = pdu.transaction_id
         response.dev_id = pdu.dev_id
-        if self.is_active():  # the client may have gone while the answer waited
-            self.server_send(response, addr)  # type: ignore[no-untyped-call]
+        if not self.is_active():  # the client may have gone while the answer waited
+            return
+        if answer.corrupt:
+            if response.isError() or pdu.function_code not in (READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS):
+                self.send(GARBLED_FRAME, addr)
+                return
+            response.registers = list(response.registers)[:-1]  # the byte count, too, one register short
+        self.server_send(response, addr)  # type: ignore[no-untyped-call]
 
 
 class FleetServer(ModbusTcpServer):

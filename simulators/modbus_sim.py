@@ -37,6 +37,7 @@ from protocols.register_map import (
 )
 from simulators.load_shapes import MeterKind
 from simulators.modbus_faults import (
+    CorruptAnswer,
     ExceptionAnswer,
     ExceptionCode,
     ModbusFault,
@@ -191,6 +192,8 @@ class _Unit:
             return Answer(exception=fault.code)
         if isinstance(fault, SlowAnswer):
             return Answer(delay_s=fault.delay_s)
+        if isinstance(fault, CorruptAnswer):
+            return Answer(corrupt=True)
         return NORMAL
 
 
@@ -311,7 +314,7 @@ class ModbusMeterFleet:
 
     def set_fault(self, unit_id: int, fault: ModbusFault | None) -> None:
         """Give the unit a fault from now on (one at a time), or None to heal it."""
-        if fault is not None and not isinstance(fault, NoAnswer | ExceptionAnswer | SlowAnswer | StuckRelay):
+        if fault is not None and not isinstance(fault, ModbusFault):
             raise TypeError(f"{fault!r} is not a Modbus fault")
         unit = self._unit(unit_id)
         with self._lock:

@@ -33,7 +33,14 @@ from protocols.register_map import (
     relay_status_read,
     relay_write,
 )
-from simulators.modbus_faults import ExceptionAnswer, ExceptionCode, NoAnswer, SlowAnswer, StuckRelay
+from simulators.modbus_faults import (
+    CorruptAnswer,
+    ExceptionAnswer,
+    ExceptionCode,
+    NoAnswer,
+    SlowAnswer,
+    StuckRelay,
+)
 from simulators.modbus_sim import ModbusMeterFleet
 from tests.unit.test_modbus_sim import COIL_MAP
 
@@ -370,6 +377,30 @@ def test_a_slow_answer_comes_after_its_delay_or_the_client_times_out(fleet: Modb
             await read(client, 1, request.function, request.address, request.count)
 
     run(fleet, impatient, timeout_s=0.1)
+
+
+def test_a_corrupt_answer_is_a_read_one_register_short_or_no_frame_at_all(fleet: ModbusMeterFleet) -> None:
+    dds238 = MODELS.index(DDS238) + 1
+    register_map = load_register_map(DDS238)
+    request = plan_reads(register_map)[0]
+    write = relay_write(register_map, RelayState.OPEN)
+    fleet.set_fault(dds238, CorruptAnswer())
+
+    async def body(client: AsyncModbusTcpClient) -> int:
+        response = await read(client, dds238, request.function, request.address, request.count)
+        with pytest.raises(ModbusIOException):
+            await client.write_registers(write.address, list(write.words), device_id=dds238)
+        return len(response.registers)
+
+    assert run(fleet, body) == request.count - 1
+    # the write was carried out; only its answer was lost
+    assert fleet.relay(dds238) is RelayState.OPEN
+    with socket.create_connection(("127.0.0.1", fleet.port), timeout=5) as connection:
+        connection.sendall(mbap_read(0x0303, dds238, request.function, request.address, request.count))
+        transaction_id, unit_id, pdu = receive_frame(connection)
+    assert (transaction_id, unit_id) == (0x0303, dds238)
+    assert pdu[:2] == bytes([request.function, 2 * (request.count - 1)])
+    assert len(pdu) == 2 + 2 * (request.count - 1)
 
 
 def mbap_read(transaction_id: int, unit_id: int, function: int, address: int, count: int) -> bytes:
