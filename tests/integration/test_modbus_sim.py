@@ -500,6 +500,35 @@ def test_serve_runs_in_the_callers_loop_until_cancelled(clock: Clock) -> None:
     assert fleet.endpoint == f"127.0.0.1:{fleet.port}"
 
 
+def test_many_fleets_are_served_in_one_loop(clock: Clock) -> None:
+    """Gateways of a benchmark: each fleet its own port, all served by the tasks of one event loop."""
+    fleets = [ModbusMeterFleet("127.0.0.1", 0, [DDS238], 4, seed=n, clock=clock) for n in range(5)]
+
+    async def main() -> list[float]:
+        listening = [asyncio.Event() for _ in fleets]
+        serving = [asyncio.create_task(f.serve(listening=e.set)) for f, e in zip(fleets, listening, strict=True)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in listening)), 10)
+            energies = []
+            for fleet in fleets:
+                client = AsyncModbusTcpClient("127.0.0.1", port=fleet.port, timeout=TIMEOUT_S, retries=0)
+                try:
+                    assert await client.connect()
+                    values = await read_values(client, 4, load_register_map(DDS238))
+                finally:
+                    client.close()
+                energies.append(number(values, "energy_import"))
+            return energies
+        finally:
+            for task in serving:
+                task.cancel()
+            await asyncio.gather(*serving, return_exceptions=True)
+
+    energies = asyncio.run(main())
+    assert len({fleet.port for fleet in fleets}) == len(fleets)
+    assert energies == [shown_wh(load_register_map(DDS238), fleet.energy_wh(4)) for fleet in fleets]
+
+
 def test_a_port_in_use_is_an_error_and_stop_is_idempotent(fleet: ModbusMeterFleet, clock: Clock) -> None:
     other = ModbusMeterFleet("127.0.0.1", fleet.port, ["eastron_sdm120"], 1, clock=clock)
     with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{fleet.port}"):
