@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_none
 
+from headend.poll.dlt645_reader import Dlt645Link
 from headend.poll.failures import FailureKind, PollError, PollFailure
 from headend.poll.modbus_reader import ModbusLink
 from headend.poll.schedule import reading_stamp
@@ -67,13 +68,17 @@ class Poller:
     def __init__(self, config: PollConfig, clock: Clock) -> None:
         self._config = config
         self._clock = clock
-        self._links: dict[Endpoint, ModbusLink] = {}
+        self._modbus: dict[Endpoint, ModbusLink] = {}
+        self._dlt645: dict[Endpoint, Dlt645Link] = {}
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close every link."""
-        for link in self._links.values():
-            link.close()
-        self._links.clear()
+        for modbus in self._modbus.values():
+            modbus.close()
+        for dlt645 in self._dlt645.values():
+            await dlt645.close()
+        self._modbus.clear()
+        self._dlt645.clear()
 
     def _retrying(self) -> AsyncRetrying:
         backoff = self._config.retry_backoff_s
@@ -84,15 +89,20 @@ class Poller:
             reraise=True,
         )
 
-    def _link(self, endpoint: Endpoint) -> ModbusLink:
-        if endpoint not in self._links:
-            self._links[endpoint] = ModbusLink(endpoint, self._config.timeout_s)
-        return self._links[endpoint]
+    def _link(self, meter: PolledMeter) -> ModbusLink | Dlt645Link:
+        endpoint = meter.endpoint
+        if meter.protocol == "dlt645":
+            if endpoint not in self._dlt645:
+                self._dlt645[endpoint] = Dlt645Link(endpoint, self._config.timeout_s)
+            return self._dlt645[endpoint]
+        assert meter.protocol == "modbus", meter
+        if endpoint not in self._modbus:
+            self._modbus[endpoint] = ModbusLink(endpoint, self._config.timeout_s)
+        return self._modbus[endpoint]
 
     async def poll_meter(self, meter: PolledMeter, load_point: datetime | None) -> MeterReading | PollFailure:
         """Read one meter, repeating transient failures: its reading, or why it could not be read."""
-        assert meter.protocol == "modbus", meter
-        link = self._link(meter.endpoint)
+        link = self._link(meter)
         attempts = 0
         try:
             async for attempt in self._retrying():

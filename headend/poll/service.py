@@ -170,7 +170,7 @@ async def run_poller(
                 if clock() >= next_load_point(load_point, interval, zone):
                     log.warning("the round at %s outlasted its interval: load points were missed", load_point)
         finally:
-            poller.close()
+            await poller.close()
             await loop.run_in_executor(executor, store.close)
     return totals
 

@@ -51,7 +51,7 @@ def parse_endpoint(text: str, bus: str | None) -> Endpoint:
 
 
 # the protocols the poller has a reader for
-POLLED_PROTOCOLS = ("modbus",)
+POLLED_PROTOCOLS = ("modbus", "dlt645")
 
 
 def load_polled_meters(conn: psycopg.Connection[Any], meter_ids: list[str] | None = None) -> list[PolledMeter]:
