@@ -643,3 +643,11 @@ def test_a_request_for_data_the_meter_cannot_parse_gets_an_abnormal_answer() -> 
         (answer,) = exchange_raw(gateway, framed("68 61 01 00 00 00 00 68 11 05 33 33 34 33 34"))
         assert answer[8:10] == h("D1 01")
         assert unshifted(answer) == bytes([ErrorFlags.OTHER])
+
+
+def test_a_port_taken_fails_start_in_the_callers_thread() -> None:
+    with gateway_of(1, Clock()) as first:
+        second = Dlt645Gateway("127.0.0.1", first.port, 1)
+        with pytest.raises(OSError, match="address already in use"):
+            second.start()
+        second.stop()  # nothing to stop: harmless
