@@ -6,6 +6,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import replace
 from datetime import date, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
@@ -20,6 +21,14 @@ if TYPE_CHECKING:
     from simulators.fleet_sim import SimulationCounts
 
 DEFAULT_INTERVALS = INTERVALS_PER_DAY
+
+
+class Protocol(StrEnum):
+    """How simulated meters reach the head-end."""
+
+    MQTT = "mqtt"
+    MODBUS = "modbus"
+    DLT645 = "dlt645"
 
 
 def relay_account(username: str) -> str:
@@ -133,8 +142,36 @@ def simulate(
     ] = 0.0,
     host: Annotated[str | None, typer.Option(help="MQTT broker host [default: HEADEND_MQTT_HOST or 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="MQTT broker port [default: HEADEND_MQTT_PORT]")] = None,
+    protocol: Annotated[
+        Protocol, typer.Option(help="mqtt: publish to the broker; modbus, dlt645: serve meters for `headend poll`")
+    ] = Protocol.MQTT,
+    listen: Annotated[
+        str, typer.Option(help="modbus, dlt645: HOST:PORT to serve the meters on (a Modbus server, a 645 gateway)")
+    ] = "127.0.0.1:5020",
+    models: Annotated[
+        str, typer.Option(help="modbus: comma-separated register maps, given to the meters in turn")
+    ] = "eastron_sdm120,eastron_sdm630,chint_ddsu666,chint_dtsu666,hiking_dds238_2_znsr",
 ) -> None:
-    """Simulate a meter fleet publishing readings over MQTT, with faults on demand."""
+    """Simulate a meter fleet publishing readings over MQTT, or polled meters served over Modbus TCP or DL/T 645."""
+    if protocol is not Protocol.MQTT:
+        from headend.cli.simulate_polled import serve_polled
+
+        if meters < 1:
+            raise typer.BadParameter(f"{meters} is not a positive number of meters", param_hint="--meters")
+        if registry_only and registry_csv is None:
+            raise typer.BadParameter("--registry-only needs --registry-csv PATH", param_hint="--registry-only")
+        serve_polled(
+            protocol.value,
+            listen,
+            models,
+            meters,
+            seed=seed,
+            id_prefix=id_prefix,
+            region=_regions(regions)[0],
+            registry_csv=registry_csv,
+            registry_only=registry_only,
+        )
+        return
     from headend.runtime.signals import stop_on_signals
     from simulators.command_responder import CommandResponder
     from simulators.faults import FaultConfig
