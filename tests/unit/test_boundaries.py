@@ -17,7 +17,11 @@ ALLOWED = {
     "headend": {"protocols", "prepay_engine"},
 }
 # the command-line composition roots that start simulated fleets (`headend simulate`, `headend demo`)
-COMPOSITION_ROOTS = {"headend/cli/simulate.py": {"simulators"}, "headend/demo/run.py": {"simulators"}}
+COMPOSITION_ROOTS = {
+    "headend/cli/simulate.py": {"simulators"},
+    "headend/cli/simulate_polled.py": {"simulators"},
+    "headend/demo/run.py": {"simulators"},
+}
 FORBIDDEN_LIBRARIES = {
     "protocols": {"sqlalchemy", "psycopg", "alembic", "fastapi", "pydantic_settings"},
     "prepay_engine": {"sqlalchemy", "psycopg", "alembic", "fastapi", "pydantic_settings", "paho", "pymodbus"},
