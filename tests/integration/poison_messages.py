@@ -11,6 +11,7 @@ Used by tests/integration/test_ingest_poison.py and bench/ingest_poison.py.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import uuid
@@ -21,11 +22,24 @@ from typing import Any
 from hypothesis import strategies as st
 
 from headend.db.text import storable
-from headend.ingest.messages import DeadLetter, Decoded, InboundMessage, decode_message, reading_payload
+from headend.ingest.messages import (
+    DeadLetter,
+    Decoded,
+    InboundMessage,
+    SourcedReading,
+    decode_message,
+    reading_payload,
+)
 from headend.ingest.validation import TimeWindow
 from headend.ingest.writer import REASON_MAX_CHARS, TOPIC_MAX_CHARS
 from headend.settings import Settings
-from protocols.mqtt_codec import MAX_CONCENTRATOR_PAYLOAD_BYTES, MAX_METER_PAYLOAD_BYTES, reading_to_object
+from protocols.mqtt_codec import (
+    MAX_CONCENTRATOR_PAYLOAD_BYTES,
+    MAX_METER_PAYLOAD_BYTES,
+    encode_concentrator_batch,
+    encode_meter_reading,
+    reading_to_object,
+)
 from protocols.readings import MeterReading, RelayState
 
 TOKEN = f"z{uuid.uuid4().hex[:7]}"
@@ -235,9 +249,22 @@ message = st.one_of(valid_single(), concentrator_batch(), poisoned_single(), ref
 
 
 @st.composite
+def second_version(draw: st.DrawFn) -> list[Message]:
+    """A valid reading, then another version of it (other registers, same meter and time) on its own or a batch."""
+    first = draw(readings)
+    other_wh = draw(st.integers(min_value=0, max_value=2**63 - 1).filter(lambda wh: wh != first.energy_import_wh))
+    second = dataclasses.replace(first, ts=first.ts.astimezone(draw(offsets)), energy_import_wh=other_wh)
+    sent = [(f"meters/{first.meter_id}/readings", encode_meter_reading(first))]
+    if draw(st.booleans()):
+        return [*sent, (f"meters/{second.meter_id}/readings", encode_meter_reading(second))]
+    return [*sent, (f"concentrators/{DCU}/readings", encode_concentrator_batch(DCU, second.ts, [second]))]
+
+
+@st.composite
 def message_lists(draw: st.DrawFn, max_size: int = 25) -> list[Message]:
-    """Messages of every kind interleaved, some sent twice."""
+    """Messages of every kind interleaved, now and then a second version of a reading, some sent twice."""
     sent = draw(st.lists(message, min_size=1, max_size=max_size))
+    sent += [m for pair in draw(st.lists(second_version(), max_size=2)) for m in pair]
     return sent + draw(st.lists(st.sampled_from(sent), max_size=3))
 
 
@@ -246,10 +273,15 @@ def message_lists(draw: st.DrawFn, max_size: int = 25) -> list[Message]:
 
 @dataclass
 class Expectation:
-    """What the database must hold after the messages given to `receive`: readings, and dead letters by key."""
+    """What the database must hold after the messages given to `receive`: readings, and dead letters by key.
+
+    The meters of ACTIVE are registered behind DCU, INACTIVE directly (the `expectation` fixture registers them).
+    """
 
     readings: set[tuple[str, datetime]] = field(default_factory=set)
     dead: dict[tuple[str, bytes, int], str] = field(default_factory=dict)
+    # the reading kept at each (meter, UTC time): the first stored; a later one with other registers is a dead letter
+    kept: dict[tuple[str, datetime], SourcedReading] = field(default_factory=dict)
 
     def receive(self, topic: str, payload: bytes) -> None:
         """Account for one message, decoded as the worker decodes it and checked as the writer checks it."""
@@ -266,10 +298,32 @@ class Expectation:
                 reason = f"meter {meter_id!r} is inactive, not active"
             elif reason is None and meter_id not in ACTIVE:
                 reason = f"unknown meter {meter_id!r}"
+            elif reason is None and item.concentrator_id not in (None, DCU):
+                reason = (
+                    f"meter {meter_id!r} is not behind concentrator {item.concentrator_id!r}: "
+                    f"registered behind concentrator {DCU!r}"
+                )
             if reason is None:
-                self.readings.add((meter_id, item.reading.ts.astimezone(UTC)))
-            else:
+                reason = self._keep(item)
+            if reason is not None:
                 self._dead(DeadLetter(item.topic, reading_payload(item), reason, at, item.item_index))
+
+    def _keep(self, item: SourcedReading) -> str | None:
+        """Store `item`, or drop it as a repeat of the reading kept at its meter and time; why it is refused, if so."""
+        r = item.reading
+        at = r.ts.astimezone(UTC)
+        first = self.kept.setdefault((r.meter_id, at), item)
+        self.readings.add((r.meter_id, at))
+        s = first.reading
+        if first is item or (
+            s.energy_import_wh == r.energy_import_wh
+            and (s.energy_export_wh is None or r.energy_export_wh is None or s.energy_export_wh == r.energy_export_wh)
+        ):
+            return None  # stored, or a duplicate
+        return (
+            f"conflicts with the reading stored for meter {r.meter_id!r} at {at.isoformat()} "
+            f"({_registers(s)}, from {first.source}): {_registers(r)}; the stored reading is kept"
+        )
 
     def _dead(self, dead: DeadLetter) -> None:
         key = (
@@ -279,3 +333,9 @@ class Expectation:
         )
         # the first of equal dead letters is kept (ON CONFLICT DO NOTHING); equal ones have equal reasons
         self.dead.setdefault(key, storable(dead.reason, REASON_MAX_CHARS))
+
+
+def _registers(reading: MeterReading) -> str:
+    """A reading's registers as a conflict's dead letter names them."""
+    export = "" if reading.energy_export_wh is None else f", energy_export_wh {reading.energy_export_wh}"
+    return f"energy_import_wh {reading.energy_import_wh}{export}"
