@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import re
 import threading
 import time
@@ -37,6 +36,7 @@ from simulators.dlt645_meter import (
     shown_wh,
 )
 from simulators.load_shapes import MeterKind
+from simulators.polled_registry import write_polled_registry_csv
 
 BITS_PER_BYTE = 11  # start bit, eight data bits, even parity, stop bit (8E1), as DL/T 645 buses run
 DEFAULT_BAUD = 2400
@@ -48,17 +48,6 @@ LAST_ADDRESS = 999_999_999_998  # 999999999999 is the broadcast address
 READ_CHUNK = 4096
 BUS_LOG_SIZE = 10_000
 _PASSWORD_PATTERN = re.compile(r"[0-9A-Fa-f]{6}")
-REGISTRY_COLUMNS = (
-    "meter_id",
-    "protocol",
-    "concentrator_id",
-    "region",
-    "model",
-    "endpoint",
-    "unit_id",
-    "address",
-    "bus",
-)
 
 
 def utc_now() -> datetime:
@@ -298,7 +287,7 @@ class Dlt645Gateway:
     # --- registry ------------------------------------------------------------------------
 
     def registry_rows(self) -> list[dict[str, str]]:
-        """The meters' rows for `headend meters import`, one per meter, with REGISTRY_COLUMNS."""
+        """The meters' rows for `headend meters import`, one per meter, with POLLED_REGISTRY_COLUMNS."""
         return [
             {
                 "meter_id": meter.meter_id,
@@ -316,12 +305,7 @@ class Dlt645Gateway:
 
     def write_registry_csv(self, path: str | PathLike[str]) -> int:
         """Write the registry CSV of the meters to `path`; return the number of meters."""
-        rows = self.registry_rows()
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=REGISTRY_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        return len(rows)
+        return write_polled_registry_csv(path, self.registry_rows())
 
     # --- the bus -------------------------------------------------------------------------
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import random
 import threading
 from collections.abc import Callable, Sequence
@@ -64,19 +63,9 @@ from simulators.modbus_server import (
     coil_is_on,
     make_device,
 )
+from simulators.polled_registry import write_polled_registry_csv
 
 MAX_UNITS: Final = 247  # Modbus unit ids 1..247 (0 is broadcast, 248..255 reserved)
-REGISTRY_HEADER: Final = (
-    "meter_id",
-    "protocol",
-    "concentrator_id",
-    "region",
-    "model",
-    "endpoint",
-    "unit_id",
-    "address",
-    "bus",
-)
 # the register a meter already shows when the simulation starts; below 2^23 Wh, where a float32 kWh register
 # still holds every Wh (docs/modbus.md), so what a poller decodes is the simulator's truth to the Wh
 START_REGISTER_MAX_WH: Final = 5_000_000
@@ -284,7 +273,7 @@ class ModbusMeterFleet:
             raise KeyError(f"no meter at unit id {unit_id} (units 1..{len(self._units)})") from None
 
     def registry_rows(self) -> list[dict[str, str]]:
-        """The fleet's rows of the registry CSV (columns REGISTRY_HEADER), as `headend meters import` reads them."""
+        """The fleet's rows of the registry CSV (POLLED_REGISTRY_COLUMNS), as `headend meters import` reads them."""
         endpoint = self.endpoint
         return [
             {
@@ -303,12 +292,7 @@ class ModbusMeterFleet:
 
     def write_registry_csv(self, path: str | PathLike[str]) -> int:
         """Write the fleet's registry CSV (header and one row a meter) to `path`; return the number of meters."""
-        rows = self.registry_rows()
-        with open(path, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=REGISTRY_HEADER)
-            writer.writeheader()
-            writer.writerows(rows)
-        return len(rows)
+        return write_polled_registry_csv(path, self.registry_rows())
 
     # --- faults and the truth --------------------------------------------------------------
 

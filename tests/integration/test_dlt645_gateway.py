@@ -41,9 +41,10 @@ from protocols.dlt645.identifiers import (
 from protocols.dlt645.messages import RelayCommand
 from protocols.readings import RelayState
 from simulators.clock import INTERVAL
-from simulators.dlt645_gateway import REGISTRY_COLUMNS, Dlt645Gateway, MeterSnapshot, transmission_s
+from simulators.dlt645_gateway import Dlt645Gateway, MeterSnapshot, transmission_s
 from simulators.dlt645_meter import RATE_OF_HOUR, Dlt645Fault
 from simulators.load_shapes import interval_energy_wh, meter_scale
+from simulators.polled_registry import POLLED_REGISTRY_COLUMNS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -540,7 +541,7 @@ def test_registry_rows_are_what_meters_import_reads(tmp_path: Path) -> None:
             "rs485-1",
             None,
         )
-        assert list(gateway.registry_rows()[0]) == list(REGISTRY_COLUMNS)
+        assert list(gateway.registry_rows()[0]) == list(POLLED_REGISTRY_COLUMNS)
 
 
 # --------------------------------------------------------------------------- frames written by hand

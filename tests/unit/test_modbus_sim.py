@@ -31,7 +31,8 @@ from simulators.load_shapes import MeterKind, interval_energy_wh, meter_scale
 from simulators.modbus_faults import ExceptionAnswer, ExceptionCode, SlowAnswer
 from simulators.modbus_meter import ModbusMeterSim, ModbusMeterSpec, RelayRefusedError, is_three_phase
 from simulators.modbus_server import register_blocks
-from simulators.modbus_sim import REGISTRY_HEADER, START_REGISTER_MAX_WH, ModbusMeterFleet, plan_meters
+from simulators.modbus_sim import START_REGISTER_MAX_WH, ModbusMeterFleet, plan_meters
+from simulators.polled_registry import POLLED_REGISTRY_COLUMNS
 from simulators.relay_sim import RelayFault
 
 MODELS = available_models()
@@ -304,7 +305,7 @@ def test_fleet_sizes_models_and_prefixes_are_checked() -> None:
 def test_registry_rows_import_as_modbus_meters(tmp_path: Path) -> None:
     fleet = ModbusMeterFleet("127.0.0.1", 5020, list(MODELS), 12, region="east", clock=lambda: T0)
     rows = fleet.registry_rows()
-    assert list(rows[0]) == list(REGISTRY_HEADER)
+    assert list(rows[0]) == list(POLLED_REGISTRY_COLUMNS)
     assert rows[2] == {
         "meter_id": "MB000003",
         "protocol": "modbus",
@@ -318,7 +319,7 @@ def test_registry_rows_import_as_modbus_meters(tmp_path: Path) -> None:
     }
     path = tmp_path / "modbus.csv"
     assert fleet.write_registry_csv(path) == 12
-    assert path.read_text(encoding="utf-8").splitlines()[0] == ",".join(REGISTRY_HEADER)
+    assert path.read_text(encoding="utf-8").splitlines()[0] == ",".join(POLLED_REGISTRY_COLUMNS)
     parsed = read_registry_file(path)
     assert parsed.errors == []
     assert [(r.meter_id, r.protocol, r.model, r.endpoint, r.unit_id, r.bus) for r in parsed.rows] == [

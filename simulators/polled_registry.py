@@ -1,0 +1,28 @@
+"""The registry CSV of simulated polled meters (Modbus, DL/T 645), as `headend meters import` reads it."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from os import PathLike
+
+POLLED_REGISTRY_COLUMNS = (
+    "meter_id",
+    "protocol",
+    "concentrator_id",
+    "region",
+    "model",
+    "endpoint",
+    "unit_id",
+    "address",
+    "bus",
+)
+
+
+def write_polled_registry_csv(path: str | PathLike[str], rows: Sequence[dict[str, str]]) -> int:
+    """Write `rows` (POLLED_REGISTRY_COLUMNS) under their header to `path`; return the number of meters."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=POLLED_REGISTRY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return len(rows)
