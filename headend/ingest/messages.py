@@ -62,8 +62,9 @@ class Decoded:
 
 
 def reading_payload(item: SourcedReading) -> bytes:
-    """The bytes to keep in a dead letter for one reading: the message, or its own entry of a batch."""
-    if item.item_index is None:
+    """The bytes to keep in a dead letter for one reading: its message, or else (an entry of a batch, a polled
+    reading) the reading as JSON, written only when it is needed."""
+    if item.item_index is None and item.raw:
         return item.raw
     return json.dumps(reading_to_object(item.reading, with_meter_id=True)).encode()
 

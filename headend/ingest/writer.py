@@ -67,7 +67,7 @@ _STAGE_TYPES = [
 # Staged readings whose meter is unknown or not active, or that a concentrator forwarded for a meter not registered
 # behind it; usually none.
 _UNREGISTERED = """
-SELECT s.position, m.status, m.meter_id IS NOT NULL AND m.status = 'active', m.concentrator_id
+SELECT s.position, m.status, m.concentrator_id
 FROM ingest_stage s LEFT JOIN meters m ON m.meter_id = s.meter_id
 WHERE m.meter_id IS NULL OR m.status <> 'active'
    OR (s.via_concentrator IS NOT NULL AND m.concentrator_id IS DISTINCT FROM s.via_concentrator)
@@ -308,12 +308,12 @@ class ReadingWriter:
         refused = self._conn.execute(_UNREGISTERED).fetchall()
         if not refused:
             return set()
-        for position, status, active, behind in refused:
+        for position, status, behind in refused:
             item = staged[position]
             meter_id = item.reading.meter_id
             if status is None:
                 reason = f"unknown meter {meter_id!r}"
-            elif not active:
+            elif status != "active":
                 reason = f"meter {meter_id!r} is {status}, not active"
             else:
                 registered = "a direct meter" if behind is None else f"registered behind concentrator {behind!r}"
@@ -329,13 +329,10 @@ class ReadingWriter:
         for position, import_wh, export_wh, source in conflicting:
             item = staged[position]
             r = item.reading
-            stored = f"energy_import_wh {import_wh}" + ("" if export_wh is None else f", energy_export_wh {export_wh}")
-            offered = f"energy_import_wh {r.energy_import_wh}" + (
-                "" if r.energy_export_wh is None else f", energy_export_wh {r.energy_export_wh}"
-            )
             reason = (
                 f"conflicts with the reading stored for meter {r.meter_id!r} at {r.ts.astimezone(UTC).isoformat()} "
-                f"({stored}, from {source}): {offered}; the stored reading is kept"
+                f"({_registers(import_wh, export_wh)}, from {source}): "
+                f"{_registers(r.energy_import_wh, r.energy_export_wh)}; the stored reading is kept"
             )
             dead.append(_dead_letter(item, reason))
         return len(conflicting)
@@ -357,6 +354,11 @@ class ReadingWriter:
                     for d in dead
                 ],
             )
+
+
+def _registers(import_wh: int, export_wh: int | None) -> str:
+    """A reading's register values as a conflict's reason names them."""
+    return f"energy_import_wh {import_wh}" + ("" if export_wh is None else f", energy_export_wh {export_wh}")
 
 
 def _storable(dead: DeadLetter) -> DeadLetter:

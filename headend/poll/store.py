@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +16,6 @@ from headend.ingest.writer import ReadingWriter, WriteResult
 from headend.poll.failures import REASON_MAX_CHARS, FailureKind, PollFailure
 from headend.poll.targets import PolledMeter, load_polled_meters
 from headend.settings import Settings
-from protocols.mqtt_codec import reading_to_object
 from protocols.readings import MeterReading
 
 log = logging.getLogger(__name__)
@@ -27,9 +25,9 @@ _FAILURE_INSERT = "INSERT INTO poll_failures (meter_id, at, kind, reason, attemp
 
 
 def sourced(meter: PolledMeter, reading: MeterReading, received_at: datetime) -> SourcedReading:
-    """A polled reading as the writer takes it: its source names the protocol, endpoint and place on the bus."""
-    raw = json.dumps(reading_to_object(reading, with_meter_id=True)).encode()
-    return SourcedReading(reading, meter.source, f"poll/{meter.protocol}/{meter.meter_id}", received_at, None, raw)
+    """A polled reading as the writer takes it: its source names the protocol, endpoint and place on the bus (a dead
+    letter keeps it as JSON, written only then)."""
+    return SourcedReading(reading, meter.source, f"poll/{meter.protocol}/{meter.meter_id}", received_at, None)
 
 
 class PollStore:

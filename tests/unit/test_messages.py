@@ -309,3 +309,15 @@ def test_any_message_decodes_into_readings_and_dead_letters_without_raising(topi
         assert dead.reason
         assert isinstance(dead.payload, bytes)
         assert dead.topic == topic
+
+
+def test_reading_payload_of_a_reading_without_a_message_is_the_reading_as_json() -> None:
+    # a polled reading: no message on the wire, so the dead letter keeps the reading itself
+    reading = MeterReading("mb-1", TS, 11, power_w=2)
+    item = SourcedReading(reading, "modbus:10.0.0.7:502 unit 1", "poll/modbus/mb-1", RECEIVED, None)
+    assert json.loads(reading_payload(item)) == {
+        "meter_id": "mb-1",
+        "ts": TS_TEXT,
+        "energy_import_wh": 11,
+        "power_w": 2,
+    }
