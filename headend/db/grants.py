@@ -84,6 +84,12 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
     "collection_daily_cagg": _row(reporting=READ),
     "meter_day_collection": _row(reporting=READ),
     "reading_batches": _row(ingest=("INSERT",), engine=("SELECT", "DELETE")),
+    # re-reads: asked for through the API or the command line, run by the poll worker (the ingest role), which also
+    # freezes a day's first-pass collection before its first re-read
+    "reread_tasks": _row(ingest=("SELECT", "INSERT", "UPDATE"), api=("SELECT", "INSERT"), reporting=READ),
+    "reread_task_meters": _row(ingest=("SELECT", "INSERT", "UPDATE"), api=READ, reporting=READ),
+    "collection_first_pass_days": _row(ingest=("SELECT", "INSERT"), api=READ, reporting=READ),
+    "collection_first_pass": _row(ingest=("SELECT", "INSERT"), api=READ, reporting=READ),
     # the catalog: stored by operators, read by whoever decides
     "tariff_revisions": _row(engine=READ, dispatch=READ, api=READ, reporting=READ, operator=("INSERT",)),
     "tariffs": _row(engine=READ, dispatch=READ, api=READ, reporting=READ, operator=("INSERT", "UPDATE")),

@@ -70,6 +70,7 @@ class Meter(Base):
     bus: Mapped[str | None] = mapped_column(Text)
     unit_id: Mapped[int | None] = mapped_column(SmallInteger)
     address: Mapped[str | None] = mapped_column(String(12))
+    framing: Mapped[str | None] = mapped_column(Text)  # Modbus: tcp (MBAP) or rtu (through a transparent gateway)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
