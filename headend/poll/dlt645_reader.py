@@ -43,7 +43,7 @@ class Dlt645Link:
         """Close the connection, if open."""
         await self._connection.close()
 
-    async def _ask(self, meter: PolledMeter, operation: Callable[[Dlt645Client], Awaitable[T]], what: str) -> T:
+    async def ask(self, meter: PolledMeter, operation: Callable[[Dlt645Client], Awaitable[T]], what: str) -> T:
         """Run one exchange; PollError for no answer, no connection, a corrupt or wrong answer, a refusal."""
         try:
             return await self._connection.run(operation)
@@ -58,14 +58,16 @@ class Dlt645Link:
         except ProtocolError as exc:
             raise PollError(FailureKind.BAD_FRAME, f"{what} of {meter.address}: {exc.reason}") from None
 
-    async def _value(self, meter: PolledMeter, identifier: DataIdentifier) -> Value:
+    async def value(self, meter: PolledMeter, identifier: DataIdentifier) -> Value:
+        """Read one data identifier of the meter; PollError as `ask`."""
         address = meter.address
         assert address is not None
-        return await self._ask(meter, lambda client: client.read_value(address, identifier), f"read {identifier}")
+        return await self.ask(meter, lambda client: client.read_value(address, identifier), f"read {identifier}")
 
-    async def _optional(self, meter: PolledMeter, identifier: DataIdentifier) -> Value | None:
+    async def optional_value(self, meter: PolledMeter, identifier: DataIdentifier) -> Value | None:
+        """Read one data identifier; None when the meter answers that it has no such data."""
         try:
-            return await self._value(meter, identifier)
+            return await self.value(meter, identifier)
         except PollError as exc:
             if exc.kind is FailureKind.METER_ERROR:
                 return None
@@ -73,8 +75,8 @@ class Dlt645Link:
 
     async def read_meter(self, meter: PolledMeter, stamp: datetime) -> MeterReading:
         """Read the meter's forward and reverse active energy, power, voltage and relay, stamped `stamp`."""
-        forward = await self._value(meter, FORWARD_ACTIVE_TOTAL)
-        reverse, power, voltage, status = [await self._optional(meter, identifier) for identifier in OPTIONAL]
+        forward = await self.value(meter, FORWARD_ACTIVE_TOTAL)
+        reverse, power, voltage, status = [await self.optional_value(meter, identifier) for identifier in OPTIONAL]
         if not isinstance(forward, Energy):
             raise PollError(FailureKind.BAD_VALUE, f"forward active energy of {meter.address} is {forward!r}")
         return MeterReading(
