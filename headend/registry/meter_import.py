@@ -28,6 +28,7 @@ OPTIONAL_COLUMNS = (
     "unit_id",
     "address",
     "bus",
+    "framing",
 )
 PROTOCOLS = ("mqtt", "modbus", "dlt645")
 POLLED_PROTOCOLS = ("modbus", "dlt645")
@@ -35,6 +36,9 @@ POLLED_PROTOCOLS = ("modbus", "dlt645")
 ENDPOINT_PATTERN = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):([0-9]{1,5})")
 ADDRESS_PATTERN = re.compile(r"[0-9]{12}")
 BUS_MAX_CHARS = 64
+# how a Modbus meter's requests travel: Modbus TCP (MBAP), or RTU frames through a transparent serial-to-TCP gateway
+FRAMINGS = ("tcp", "rtu")
+DEFAULT_FRAMING = "tcp"
 STATUSES = ("active", "inactive", "removed")
 RECONNECT_MODES = ("direct", "allowed")  # allowed: 合闸允许, the customer closes the relay with the button
 
@@ -57,6 +61,7 @@ class MeterRow:
     unit_id: int | None = None  # Modbus
     address: str | None = None  # DL/T 645: the 12 digits of the nameplate
     bus: str | None = None  # the serial bus behind the gateway; None: one bus per endpoint
+    framing: str | None = None  # Modbus: tcp or rtu (None: tcp); None for other protocols
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +88,8 @@ class RegistryFileError(ValueError):
 
 
 class RegistryConflictError(ValueError):
-    """Rows that would make two meters answer at the same place (unit id or address on one bus); nothing imported."""
+    """Rows that would make two meters answer at the same place (unit id or address on one bus), or frame one bus two
+    ways; nothing imported."""
 
 
 def place_of(row: MeterRow) -> tuple[str, str, str] | None:
@@ -91,6 +97,20 @@ def place_of(row: MeterRow) -> tuple[str, str, str] | None:
     if row.endpoint is None:
         return None
     return (row.endpoint, row.bus or "", f"unit {row.unit_id}" if row.unit_id is not None else f"address {row.address}")
+
+
+def framing_of(row: MeterRow) -> str | None:
+    """How a meter's requests are framed: the row's framing, tcp for a Modbus meter without one, None for others."""
+    if row.protocol != "modbus":
+        return None
+    return row.framing or DEFAULT_FRAMING
+
+
+def bus_of(row: MeterRow) -> tuple[str, str] | None:
+    """The endpoint and bus a Modbus meter is reached on, whose meters share one framing; None for other meters."""
+    if row.protocol != "modbus" or row.endpoint is None:
+        return None
+    return (row.endpoint, row.bus or "")
 
 
 def _positive_int(raw: str, field: str) -> int:
@@ -132,6 +152,7 @@ def parse_row(record: dict[str, str]) -> MeterRow:
     if reconnect_mode not in RECONNECT_MODES:
         raise ValueError(f"reconnect_mode {reconnect_mode!r} is not one of {', '.join(RECONNECT_MODES)}")
     endpoint, unit_id, address, bus = _how_reached(protocol, get, concentrator_id)
+    framing = _framing(protocol, get.get("framing", "").lower())
     model = get.get("model") or None
     if protocol == "modbus" and model not in available_models():
         raise ValueError(f"model {model!r} of a modbus meter is not one of {', '.join(available_models())}")
@@ -150,7 +171,21 @@ def parse_row(record: dict[str, str]) -> MeterRow:
         unit_id=unit_id,
         address=address,
         bus=bus,
+        framing=framing,
     )
+
+
+def _framing(protocol: str, framing: str) -> str | None:
+    """A row's framing, checked against its protocol: tcp or rtu for Modbus (tcp when empty), none for others."""
+    if protocol != "modbus":
+        if framing:
+            raise ValueError(f"framing is for modbus meters (tcp or rtu); a {protocol} meter has none")
+        return None
+    if not framing:
+        return DEFAULT_FRAMING
+    if framing not in FRAMINGS:
+        raise ValueError(f"framing {framing!r} of a modbus meter is not one of {', '.join(FRAMINGS)}")
+    return framing
 
 
 def _how_reached(
@@ -203,6 +238,7 @@ def parse_registry(lines: Iterable[str]) -> ParsedRegistry:
         errors: list[RowError] = []
         first_line: dict[str, int] = {}
         place_line: dict[tuple[str, str, str], int] = {}
+        bus_framing: dict[tuple[str, str], tuple[str | None, int]] = {}
         end_of_previous = reader.line_num
         for fields in reader:
             # a quoted field may span lines: report a record at the line it starts on
@@ -225,9 +261,23 @@ def parse_registry(lines: Iterable[str]) -> ParsedRegistry:
                 on_bus = f" bus {bus!r} of" if bus else ""
                 errors.append(RowError(line, f"{which} on{on_bus} {endpoint} repeats line {place_line[place]}"))
                 continue
+            row_bus = bus_of(row)
+            if row_bus is not None and row_bus in bus_framing and bus_framing[row_bus][0] != framing_of(row):
+                endpoint, name = row_bus
+                framing, first = bus_framing[row_bus]
+                errors.append(
+                    RowError(
+                        line,
+                        f"framing {framing_of(row)} on{f' bus {name!r} of' if name else ''} {endpoint} differs from "
+                        f"{framing} of line {first} (the meters of one bus share a framing)",
+                    )
+                )
+                continue
             first_line[row.meter_id] = line
             if place is not None:
                 place_line[place] = line
+            if row_bus is not None:
+                bus_framing.setdefault(row_bus, (framing_of(row), line))
             rows.append(row)
     except csv.Error as exc:
         raise RegistryFileError(f"not readable as CSV after line {end_of_previous if header else 0}: {exc}") from None
@@ -255,11 +305,11 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
         conn.execute(
             "CREATE TEMP TABLE import_meters (meter_id text, protocol text, concentrator_id text, region text, "
             "model text, multiplier int, status text, register_max_wh bigint, installed_on date, reconnect_mode text, "
-            "endpoint text, unit_id smallint, address text, bus text) ON COMMIT DROP"
+            "endpoint text, unit_id smallint, address text, bus text, framing text) ON COMMIT DROP"
         )
         with conn.cursor().copy(
             "COPY import_meters (meter_id, protocol, concentrator_id, region, model, multiplier, status, "
-            "register_max_wh, installed_on, reconnect_mode, endpoint, unit_id, address, bus) FROM STDIN"
+            "register_max_wh, installed_on, reconnect_mode, endpoint, unit_id, address, bus, framing) FROM STDIN"
         ) as copy:
             for r in rows:
                 copy.write_row(
@@ -278,9 +328,11 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
                         r.unit_id,
                         r.address,
                         r.bus,
+                        framing_of(r),
                     )
                 )
         _refuse_taken_places(conn)
+        _refuse_mixed_framings(conn)
         created_dcus = conn.execute(
             "WITH ins AS (INSERT INTO concentrators (concentrator_id, region) "
             "SELECT DISTINCT ON (concentrator_id) concentrator_id, region FROM import_meters "
@@ -292,10 +344,10 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
             WITH up AS (
                 INSERT INTO meters AS m (meter_id, protocol, concentrator_id, region, model, multiplier, status,
                                          register_max_wh, installed_on, reconnect_mode, endpoint, unit_id, address,
-                                         bus)
+                                         bus, framing)
                 SELECT meter_id, protocol, concentrator_id, region, model, multiplier, status,
                        coalesce(register_max_wh, %(default_register_max_wh)s), installed_on, reconnect_mode,
-                       endpoint, unit_id, address, bus
+                       endpoint, unit_id, address, bus, framing
                 FROM import_meters ORDER BY meter_id
                 ON CONFLICT (meter_id) DO UPDATE SET
                     protocol = excluded.protocol, concentrator_id = excluded.concentrator_id,
@@ -303,13 +355,16 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
                     status = excluded.status, register_max_wh = excluded.register_max_wh,
                     installed_on = excluded.installed_on, reconnect_mode = excluded.reconnect_mode,
                     endpoint = excluded.endpoint, unit_id = excluded.unit_id, address = excluded.address,
-                    bus = excluded.bus, updated_at = now()
+                    bus = excluded.bus, framing = excluded.framing, updated_at = now()
+                -- a Modbus meter registered before framing was (NULL) is tcp: importing it as tcp changes nothing
                 WHERE (m.protocol, m.concentrator_id, m.region, m.model, m.multiplier, m.status, m.register_max_wh,
-                       m.installed_on, m.reconnect_mode, m.endpoint, m.unit_id, m.address, m.bus)
+                       m.installed_on, m.reconnect_mode, m.endpoint, m.unit_id, m.address, m.bus,
+                       CASE WHEN m.protocol = 'modbus' THEN coalesce(m.framing, 'tcp') END)
                       IS DISTINCT FROM (excluded.protocol, excluded.concentrator_id, excluded.region,
                                         excluded.model, excluded.multiplier, excluded.status,
                                         excluded.register_max_wh, excluded.installed_on, excluded.reconnect_mode,
-                                        excluded.endpoint, excluded.unit_id, excluded.address, excluded.bus)
+                                        excluded.endpoint, excluded.unit_id, excluded.address, excluded.bus,
+                                        excluded.framing)
                 RETURNING (xmax = 0) AS created
             )
             SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM up
@@ -339,3 +394,27 @@ def _refuse_taken_places(conn: psycopg.Connection[Any]) -> None:
             for new, old, endpoint, bus, unit, address in taken
         ]
         raise RegistryConflictError("; ".join(lines) + " (move or remove the registered meter first)")
+
+
+def _refuse_mixed_framings(conn: psycopg.Connection[Any]) -> None:
+    """Raise RegistryConflictError when an imported Modbus meter is framed unlike a registered one on its bus."""
+    mixed = conn.execute(
+        """
+        SELECT DISTINCT ON (i.meter_id) i.meter_id, m.meter_id, i.endpoint, coalesce(i.bus, ''), i.framing,
+               coalesce(m.framing, 'tcp')
+        FROM import_meters i
+        JOIN meters m ON m.endpoint = i.endpoint AND coalesce(m.bus, '') = coalesce(i.bus, '')
+                     AND m.protocol = 'modbus' AND coalesce(m.framing, 'tcp') <> i.framing
+        WHERE i.protocol = 'modbus' AND NOT EXISTS (SELECT FROM import_meters o WHERE o.meter_id = m.meter_id)
+        ORDER BY i.meter_id, m.meter_id
+        """
+    ).fetchall()
+    if mixed:
+        lines = [
+            f"meter {new!r}: framing {framing} on{f' bus {bus!r} of' if bus else ''} {endpoint} differs from "
+            f"{registered} of meter {old!r}"
+            for new, old, endpoint, bus, framing, registered in mixed
+        ]
+        raise RegistryConflictError(
+            "; ".join(lines) + " (the meters of one bus share a framing: import them all with the new one)"
+        )

@@ -257,3 +257,82 @@ def test_a_conflicting_place_is_refused_by_the_command_with_nothing_imported(
     assert result.exit_code == 1
     assert "nothing imported: meter 'mb-7': unit 1 on 10.0.0.7:502 is taken by meter 'mb-1'" in _flat(result.output)
     assert count(db, "SELECT count(*) FROM meters WHERE meter_id = 'mb-7'") == 0
+
+
+FRAMED = """meter_id,protocol,concentrator_id,region,model,endpoint,unit_id,address,bus,framing
+mb-1,modbus,,north,eastron_sdm120,10.0.0.7:502,1,,,
+mb-2,modbus,,north,eastron_sdm120,10.0.0.9:4001,1,,,rtu
+mb-3,modbus,,north,eastron_sdm120,10.0.0.9:4001,2,,,rtu
+mb-4,modbus,,north,eastron_sdm120,10.0.0.9:4001,1,,rs485-2,tcp
+dl-1,dlt645,,north,,10.0.0.9:4001,,000012345678,,
+"""
+
+
+def _framings(db: psycopg.Connection[Any]) -> dict[str, str | None]:
+    return {str(m): f for m, f in db.execute("SELECT meter_id, framing FROM meters")}
+
+
+def test_modbus_meters_are_registered_with_their_framing(db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    parsed = read_registry_file(_write(tmp_path, FRAMED))
+    assert parsed.errors == []
+    assert import_meters(db, parsed.rows).meters_created == 5
+    assert _framings(db) == {"mb-1": "tcp", "mb-2": "rtu", "mb-3": "rtu", "mb-4": "tcp", "dl-1": None}
+    assert import_meters(db, parsed.rows) == ImportResult(0, 0, 0)
+    # a Modbus meter registered before the column (NULL) is tcp: imported again as tcp, it is not changed
+    db.execute("UPDATE meters SET framing = NULL WHERE meter_id = 'mb-1'")
+    assert import_meters(db, parsed.rows) == ImportResult(0, 0, 0)
+    assert _framings(db)["mb-1"] is None
+    # the schema refuses a framing that is not Modbus's
+    with pytest.raises(psycopg.errors.CheckViolation, match="meters_framing"):
+        db.execute("UPDATE meters SET framing = 'rtu' WHERE meter_id = 'dl-1'")
+
+
+def test_a_bus_framed_otherwise_in_the_registry_is_refused_with_nothing_imported(
+    db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    import_meters(db, read_registry_file(_write(tmp_path, FRAMED)).rows)
+    header = FRAMED.splitlines()[0]
+    # a tcp meter on the rtu bus, and an rtu meter beside the meter registered with NULL (tcp)
+    db.execute("UPDATE meters SET framing = NULL WHERE meter_id = 'mb-1'")
+    mixed = f"{header}\nmb-5,modbus,,north,eastron_sdm120,10.0.0.9:4001,5,,,tcp\n"
+    mixed += "mb-6,modbus,,north,eastron_sdm120,10.0.0.7:502,6,,,rtu\n"
+    mixed += "mb-7,modbus,,north,eastron_sdm120,10.0.0.9:4001,7,,rs485-2,\n"
+    with pytest.raises(RegistryConflictError) as refused:
+        import_meters(db, read_registry_file(_write(tmp_path, mixed, "mixed.csv")).rows)
+    assert str(refused.value) == (
+        "meter 'mb-5': framing tcp on 10.0.0.9:4001 differs from rtu of meter 'mb-2'; "
+        "meter 'mb-6': framing rtu on 10.0.0.7:502 differs from tcp of meter 'mb-1' "
+        "(the meters of one bus share a framing: import them all with the new one)"
+    )
+    assert count(db, "SELECT count(*) FROM meters") == 5
+    # the whole bus imported with the new framing changes it
+    moved = f"{header}\nmb-2,modbus,,north,eastron_sdm120,10.0.0.9:4001,1,,,tcp\n"
+    moved += "mb-3,modbus,,north,eastron_sdm120,10.0.0.9:4001,2,,,tcp\n"
+    moved += "mb-5,modbus,,north,eastron_sdm120,10.0.0.9:4001,5,,,\n"
+    assert import_meters(db, read_registry_file(_write(tmp_path, moved, "moved.csv")).rows) == ImportResult(1, 2, 0)
+    assert _framings(db) == {"mb-1": None, "mb-2": "tcp", "mb-3": "tcp", "mb-4": "tcp", "mb-5": "tcp", "dl-1": None}
+
+
+def test_framing_errors_are_reported_by_the_command(
+    database_url: str, db: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    assert _cli(database_url, str(_write(tmp_path, FRAMED))).exit_code == 0
+    header = FRAMED.splitlines()[0]
+    bad = f"{header}\ndl-2,dlt645,,north,,10.0.0.9:4001,,000012345679,,rtu\n"
+    bad += "mb-8,modbus,,north,eastron_sdm120,10.0.0.8:502,1,,,ascii\n"
+    bad += "mb-9,modbus,,north,eastron_sdm120,10.0.0.8:502,2,,,rtu\n"
+    bad += "mb-10,modbus,,north,eastron_sdm120,10.0.0.8:502,3,,,tcp\n"
+    result = _cli(database_url, str(_write(tmp_path, bad, "bad.csv")))
+    assert result.exit_code == 1
+    output = _flat(result.output)
+    assert "line 2: framing is for modbus meters (tcp or rtu); a dlt645 meter has none" in output
+    assert "line 3: framing 'ascii' of a modbus meter is not one of tcp, rtu" in output
+    assert "line 5: framing tcp on 10.0.0.8:502 differs from rtu of line 4" in output
+    assert count(db, "SELECT count(*) FROM meters") == 5
+    against = f"{header}\nmb-5,modbus,,north,eastron_sdm120,10.0.0.9:4001,5,,,\n"
+    result = _cli(database_url, str(_write(tmp_path, against, "against.csv")))
+    assert result.exit_code == 1
+    assert "nothing imported: meter 'mb-5': framing tcp on 10.0.0.9:4001 differs from rtu of meter 'mb-2'" in _flat(
+        result.output
+    )
+    assert count(db, "SELECT count(*) FROM meters WHERE meter_id = 'mb-5'") == 0

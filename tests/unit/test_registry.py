@@ -301,6 +301,13 @@ POLLED = {"meter_id": "mb-1", "protocol": "modbus", "concentrator_id": "", "regi
         ({**POLLED, "protocol": "dlt645", "endpoint": "h:1", "unit_id": "1"}, "unit_id is for modbus meters"),
         ({**POLLED, "protocol": "mqtt", "endpoint": "h:1"}, "endpoint given for a mqtt meter, which is not polled"),
         ({**POLLED, "protocol": "mqtt", "unit_id": "1", "bus": "x"}, "unit_id, bus given for a mqtt meter"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "1", "framing": "ascii"}, "framing 'ascii' of a modbus meter is"),
+        ({**POLLED, "endpoint": "h:502", "unit_id": "1", "framing": "mbap"}, "is not one of tcp, rtu"),
+        (
+            {**POLLED, "protocol": "dlt645", "endpoint": "h:1", "address": "000000000001", "framing": "rtu"},
+            "framing is for modbus meters (tcp or rtu); a dlt645 meter has none",
+        ),
+        ({**POLLED, "protocol": "mqtt", "framing": "tcp"}, "framing is for modbus meters (tcp or rtu); a mqtt meter"),
     ],
 )
 def test_a_polled_meter_row_is_refused_with_its_reason(record: dict[str, str], reason: str) -> None:
@@ -324,4 +331,53 @@ def test_two_meters_answering_at_one_place_are_refused_at_the_second() -> None:
     assert parsed.errors == [
         RowError(3, "unit 1 on h:502 repeats line 2"),
         RowError(7, "address 000000000001 on bus 'bus-b' of h:502 repeats line 6"),
+    ]
+
+
+def test_a_modbus_meter_is_framed_tcp_unless_its_row_says_rtu() -> None:
+    parsed = parse_registry(
+        _lines(
+            f"{POLLED_HEADER},framing\n"
+            "mb-1,modbus,,r,eastron_sdm120,h:502,1,,,\n"
+            "mb-2,modbus,,r,eastron_sdm120,gw:4001,1,,,rtu\n"
+            "mb-3,modbus,,r,eastron_sdm120,gw:4001,2,,, RTU \n"
+            "mb-4,modbus,,r,eastron_sdm120,h:503,1,,,tcp\n"
+            "dl-1,dlt645,,r,,gw:4001,,000000000001,b,\n"
+            "m-1,mqtt,dcu-1,r,,,,,,\n"
+        )
+    )
+    assert parsed.errors == []
+    assert [(r.meter_id, r.framing) for r in parsed.rows] == [
+        ("mb-1", "tcp"),
+        ("mb-2", "rtu"),
+        ("mb-3", "rtu"),
+        ("mb-4", "tcp"),
+        ("dl-1", None),
+        ("m-1", None),
+    ]
+    # a file without the column: Modbus TCP, as before the column was
+    [row] = parse_registry(_lines(f"{POLLED_HEADER}\nmb-1,modbus,,r,eastron_sdm120,h:502,1,,\n")).rows
+    assert row.framing == "tcp"
+
+
+def test_the_meters_of_one_bus_share_a_framing() -> None:
+    parsed = parse_registry(
+        _lines(
+            f"{POLLED_HEADER},framing\n"
+            "mb-1,modbus,,r,eastron_sdm120,gw:4001,1,,,rtu\n"
+            "mb-2,modbus,,r,eastron_sdm120,gw:4001,2,,,\n"
+            "mb-3,modbus,,r,eastron_sdm120,gw:4001,3,,b2,tcp\n"
+            "mb-4,modbus,,r,eastron_sdm120,gw:4001,4,,b2,rtu\n"
+            "mb-5,modbus,,r,eastron_sdm120,gw:4001,5,,,rtu\n"
+            "mb-6,modbus,,r,eastron_sdm120,gw:4002,1,,,tcp\n"
+            "dl-1,dlt645,,r,,gw:4001,,000000000001,,\n"
+        )
+    )
+    # another bus of the gateway, another gateway, a DL/T 645 meter (no framing) are not the bus of line 2
+    assert [r.meter_id for r in parsed.rows] == ["mb-1", "mb-3", "mb-5", "mb-6", "dl-1"]
+    assert parsed.errors == [
+        RowError(3, "framing tcp on gw:4001 differs from rtu of line 2 (the meters of one bus share a framing)"),
+        RowError(
+            5, "framing rtu on bus 'b2' of gw:4001 differs from tcp of line 4 (the meters of one bus share a framing)"
+        ),
     ]
