@@ -209,6 +209,22 @@ class Settings(BaseSettings):
     poll_connections: int = Field(
         default=256, ge=1, le=10_000, description="`poll`: serial buses and meters polled at once, at most"
     )
+    poll_frozen_days: int = Field(
+        default=3,
+        ge=0,
+        le=62,
+        description="`poll`: after each local midnight, DL/T 645 meters missing a midnight reading of the last this "
+        "many days are read again from their daily frozen data (0: never)",
+    )
+    reread_wait_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="`reread`: how long the readings MQTT meters and concentrators publish again are awaited",
+    )
+    reread_check_s: float = Field(
+        default=2.0, gt=0, le=60, description="`poll`: how often the worker looks for re-reads asked for"
+    )
 
     @field_validator("timezone")
     @classmethod

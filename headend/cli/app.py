@@ -25,6 +25,7 @@ from headend.cli.ingest import ingest
 from headend.cli.meters import meters_app
 from headend.cli.payments import pay_command
 from headend.cli.poll import poll_command
+from headend.cli.reread import reread_command
 from headend.cli.schema import migrate
 from headend.cli.simulate import simulate
 from headend.runtime.logging import LogFormat, LogLevel, configure_logging
@@ -34,6 +35,7 @@ app.command("migrate")(migrate)
 app.add_typer(db_app, name="db")
 app.command("ingest")(ingest)
 app.command("poll")(poll_command)
+app.command("reread")(reread_command)
 app.add_typer(meters_app, name="meters")
 app.command("collection-report")(collection_report_command)
 app.command("simulate")(simulate)

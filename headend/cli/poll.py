@@ -21,14 +21,16 @@ def poll_command(
 
     from headend.db.connection import check_database, database_url
     from headend.poll.service import run_poller
+    from headend.reread.mqtt_requester import LazyMqttRequester
     from headend.runtime.signals import stop_on_signals
 
     settings = load_settings()
-    with database_url(settings) as url, stop_on_signals() as stop:
+    with database_url(settings) as url, stop_on_signals() as stop, LazyMqttRequester(settings) as requester:
         check_database(url)
-        totals = asyncio.run(run_poller(settings, url, stop, once=once, meter_ids=meter or None))
+        totals = asyncio.run(run_poller(settings, url, stop, once=once, meter_ids=meter or None, requester=requester))
     typer.echo(
         f"{'polled once' if once else 'stopped'}: {totals.rounds} round(s), {totals.read} meter(s) read, "
         f"{totals.failed} failed, {totals.stored} readings stored, {totals.duplicates} duplicates, "
-        f"{totals.dead_letters} dead letters" + (f"; last round {totals.last_round.summary()}" if totals.rounds else "")
+        f"{totals.dead_letters} dead letters, {totals.frozen} daily freezes caught up, {totals.rereads} re-read(s)"
+        + (f"; last round {totals.last_round.summary()}" if totals.rounds else "")
     )

@@ -71,7 +71,7 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
     "alembic_version": _row(ingest=READ, engine=READ, dispatch=READ, api=READ, reporting=READ),
     "schema_options": _row(ingest=READ, engine=READ, dispatch=READ, api=READ, reporting=READ),
     # the registry: written by operators (meters import), read by whoever resolves a meter
-    "concentrators": _row(reporting=READ, operator=("INSERT",)),
+    "concentrators": _row(api=READ, reporting=READ, operator=("INSERT",)),
     "meters": _row(ingest=READ, dispatch=READ, api=READ, reporting=READ, operator=("INSERT", "UPDATE")),
     "controlled_switches": _row(reporting=READ),
     # collection: ingest writes, the engine reads what it charges from
@@ -87,7 +87,7 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
     # re-reads: asked for through the API or the command line, run by the poll worker (the ingest role), which also
     # freezes a day's first-pass collection before its first re-read
     "reread_tasks": _row(ingest=("SELECT", "INSERT", "UPDATE"), api=("SELECT", "INSERT"), reporting=READ),
-    "reread_task_meters": _row(ingest=("SELECT", "INSERT", "UPDATE"), api=READ, reporting=READ),
+    "reread_task_meters": _row(ingest=("SELECT", "INSERT", "UPDATE"), api=("SELECT", "INSERT"), reporting=READ),
     "collection_first_pass_days": _row(ingest=("SELECT", "INSERT"), api=READ, reporting=READ),
     "collection_first_pass": _row(ingest=("SELECT", "INSERT"), api=READ, reporting=READ),
     # the catalog: stored by operators, read by whoever decides

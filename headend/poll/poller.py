@@ -9,10 +9,13 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from typing import TypeVar
+from zoneinfo import ZoneInfo
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_none
 
+from headend.poll.dlt645_frozen import read_freeze
 from headend.poll.dlt645_reader import Dlt645Link
 from headend.poll.failures import FailureKind, PollError, PollFailure
 from headend.poll.modbus_reader import ModbusLink
@@ -21,6 +24,7 @@ from headend.poll.targets import Endpoint, PolledMeter, by_bus
 from protocols.readings import MeterReading
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # worth asking again: the answer may come next time; an exception code or a meter's refusal will not change
 TRANSIENT = frozenset({FailureKind.TIMEOUT, FailureKind.NO_CONNECTION, FailureKind.BAD_FRAME})
 
@@ -103,16 +107,30 @@ class Poller:
     async def poll_meter(self, meter: PolledMeter, load_point: datetime | None) -> MeterReading | PollFailure:
         """Read one meter, repeating transient failures: its reading, or why it could not be read."""
         link = self._link(meter)
+        reading = await self.retried(meter, lambda: link.read_meter(meter, self._clock()))
+        if isinstance(reading, PollFailure):
+            return reading
+        stamp = reading_stamp(self._clock(), load_point, self._config.snap)
+        return dataclasses.replace(reading, ts=stamp)
+
+    async def retried(self, meter: PolledMeter, exchange: Callable[[], Awaitable[T]]) -> T | PollFailure:
+        """Run `exchange` with `meter`, repeating transient failures: its result, or why it failed."""
         attempts = 0
         try:
             async for attempt in self._retrying():
                 with attempt:
                     attempts += 1
-                    reading = await link.read_meter(meter, self._clock())
+                    result = await exchange()
         except PollError as exc:
             return PollFailure(meter.meter_id, self._clock(), exc.kind, exc.reason, attempts)
-        stamp = reading_stamp(self._clock(), load_point, self._config.snap)
-        return dataclasses.replace(reading, ts=stamp)
+        return result
+
+    async def read_freeze(self, meter: PolledMeter, day: date, zone: ZoneInfo) -> MeterReading | PollFailure:
+        """A DL/T 645 meter's daily freeze of the midnight that starts local `day`, or why it could not be read."""
+        link = self._link(meter)
+        assert isinstance(link, Dlt645Link), meter
+        today = self._clock().astimezone(zone).date()
+        return await self.retried(meter, lambda: read_freeze(link, meter, day, today, zone))
 
     async def _poll_bus(
         self, meters: list[PolledMeter], load_point: datetime | None, deliver: Deliver, totals: RoundTotals

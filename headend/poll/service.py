@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
+from functools import partial
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
@@ -21,6 +23,14 @@ from headend.poll.poller import Clock, PollConfig, Poller, RoundTotals
 from headend.poll.schedule import load_point_at_or_before, next_load_point
 from headend.poll.store import PollStore
 from headend.poll.targets import PolledMeter
+from headend.reread.runner import (
+    OnDatabase,
+    ReadingsRequester,
+    RereadConfig,
+    RereadRunner,
+    RereadStore,
+    catch_up_freezes,
+)
 from headend.settings import Settings
 from protocols.readings import MeterReading
 
@@ -52,6 +62,8 @@ class PollTotals:
     stored: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    frozen: int = 0  # midnight readings from DL/T 645 daily freezes
+    rereads: int = 0  # re-read tasks run
     last_round: RoundTotals = field(default_factory=RoundTotals)
 
 
@@ -133,16 +145,25 @@ async def run_poller(
     once: bool = False,
     meter_ids: list[str] | None = None,
     clock: Clock = lambda: datetime.now(UTC),
+    requester: ReadingsRequester | None = None,
 ) -> PollTotals:
-    """Poll until `stop` is set: a round at every load point; with `once`, one round now and return."""
+    """Poll until `stop` is set: a round at every load point, DL/T 645 freezes caught up after each local midnight,
+    re-reads run as they are asked for; with `once`, one round now and return."""
     zone = ZoneInfo(settings.timezone)
     interval = timedelta(seconds=settings.poll_interval_s)
     totals = PollTotals()
     store = PollStore(database_url, settings)
     poller = Poller(poll_config(settings), clock)
+    # re-reads ask on links of their own: a link is one request at a time, and the rounds go on meanwhile
+    reread_poller = Poller(poll_config(settings), clock)
+    reread_store = RereadStore(database_url, settings)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="poll-db") as executor:
         loop = asyncio.get_running_loop()
         batcher = _Batcher(store, executor, totals, stop)
+        db: OnDatabase = partial(on_database, executor, stop)
+        runner = RereadRunner(reread_store, reread_poller, requester, reread_config(settings), db, clock)
+        rereads = None if once else asyncio.create_task(_run_rereads(runner, settings, stop, totals))
+        caught_up = False
         try:
             while not stop.is_set():
                 now = clock()
@@ -167,12 +188,52 @@ async def run_poller(
                 )
                 if once:
                     break
+                if not caught_up or load_point.astimezone(zone).time() == time(0):
+                    caught_up = True
+                    frozen = await catch_up_freezes(
+                        poller,
+                        reread_store,
+                        db,
+                        meters,
+                        clock(),
+                        zone,
+                        settings.poll_frozen_days,
+                        settings.poll_connections,
+                    )
+                    totals.frozen += frozen
+                    if frozen:
+                        log.info("daily freezes caught up: %d midnight reading(s) stored", frozen)
                 if clock() >= next_load_point(load_point, interval, zone):
                     log.warning("the round at %s outlasted its interval: load points were missed", load_point)
         finally:
+            if rereads is not None:
+                rereads.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await rereads
             await poller.close()
+            await reread_poller.close()
             await loop.run_in_executor(executor, store.close)
+            await loop.run_in_executor(executor, reread_store.close)
     return totals
+
+
+def reread_config(settings: Settings) -> RereadConfig:
+    """How re-reads are run, from the settings."""
+    return RereadConfig(
+        zone=ZoneInfo(settings.timezone),
+        wait=timedelta(seconds=settings.reread_wait_s),
+        bus_parallelism=settings.poll_connections,
+    )
+
+
+async def _run_rereads(runner: RereadRunner, settings: Settings, stop: threading.Event, totals: PollTotals) -> None:
+    """Run the re-reads asked for (through the API or `headend reread --queue`) until stopped."""
+    while not stop.is_set():
+        try:
+            totals.rereads += len(await runner.run_pending())
+        except psycopg.Error as exc:
+            log.warning("re-reads not looked for: %s", exc)
+        await asyncio.sleep(settings.reread_check_s)
 
 
 async def _sleep_until(due: datetime, clock: Clock, stop: threading.Event) -> bool:

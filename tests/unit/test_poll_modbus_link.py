@@ -35,6 +35,7 @@ class Answer:
 def _link(client: FakeClient, timeout_s: float) -> ModbusLink:
     link = ModbusLink(METER.endpoint, timeout_s)
     link._client = client  # type: ignore[assignment]  # connected: the request is all that is asked
+    link._framing = METER.framing
     return link
 
 

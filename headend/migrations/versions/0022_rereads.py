@@ -71,7 +71,9 @@ def upgrade() -> None:
         ),
         sa.CheckConstraint("char_length(detail) <= 1000", name="reread_tasks_detail"),
     )
-    op.create_index("reread_tasks_open", "reread_tasks", ["requested_at"], postgresql_where=sa.text("state = 'pending'"))
+    op.create_index(
+        "reread_tasks_open", "reread_tasks", ["requested_at"], postgresql_where=sa.text("state = 'pending'")
+    )
     op.create_index("reread_tasks_requested_at", "reread_tasks", [sa.text("requested_at DESC")])
     op.create_table(
         "reread_task_meters",
