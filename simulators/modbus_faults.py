@@ -61,11 +61,12 @@ class SlowAnswer:
 
 @dataclass(frozen=True, slots=True)
 class CorruptAnswer:
-    """The unit answers with a frame that is not what was asked: a read one register short, anything else garbled.
+    """The unit answers with a frame that is not what was asked: a read one register short, anything else garbled;
+    behind an RTU gateway, the answer with a CRC that does not match its bytes.
 
     Modbus TCP has no checksum: a gateway that passes a damaged serial answer on gives a frame whose byte count
     disagrees with the request, or bytes that are no Modbus frame at all (which a client waits past until it times
-    out).
+    out). RTU frames carry their CRC-16 through a transparent gateway, so the client sees the damage itself.
     """
 
 

@@ -1,4 +1,5 @@
-"""The pymodbus side of the simulated Modbus meters: one device a unit id, and a TCP server that answers as they would.
+"""The pymodbus side of the simulated Modbus meters: one device a unit id, and a TCP server that answers as they would
+(as Modbus TCP devices, or as RS-485 meters behind a transparent serial-to-TCP gateway: RTU framing).
 
 Each meter is a pymodbus `SimDevice` whose register blocks follow its map (holding registers for function 3, input
 registers for function 4, a coil for a coil-switched relay); its `action` refreshes the words from the meter on
@@ -10,6 +11,10 @@ answered from its own PDU, in a task of its own, after the unit's delay (or not 
 connection's last received PDU, which a later request replaces while a slow answer waits, so the slow answer would
 go out under the later request's transaction id; and its device store answers an unknown unit with "device failure"
 (ignore_missing_devices does not reach it), where a unit that is not on the line is silent.
+
+With RTU framing the server is the gateway: requests and answers are RTU frames (unit, PDU, CRC-16) over TCP, and
+its units share one serial bus, so it answers one request at a time, in the order they came, whichever connection
+they came on.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
@@ -42,6 +48,8 @@ WRITE_MULTIPLE_REGISTERS: Final = 16
 _HOLDING_WRITES: Final = frozenset({WRITE_SINGLE_REGISTER, WRITE_MULTIPLE_REGISTERS})
 # a Modbus TCP header with protocol id 0xFFFF (not Modbus) and a length that promises more than follows
 GARBLED_FRAME: Final = bytes.fromhex("0000ffff00ff01")
+# how the server frames requests and answers: Modbus TCP (MBAP), or RTU frames through a transparent gateway
+FRAMINGS: Final = ("tcp", "rtu")
 
 # what a device's action is given: function code, first address of the block, request address and count, the
 # block's words (changed in place), the values a write carries (None for a read); it returns an exception code
@@ -51,7 +59,8 @@ Access = Callable[[int, int, int, int, list[int], list[int] | list[bool] | None]
 @dataclass(frozen=True, slots=True)
 class Answer:
     """How a unit answers one request: not at all, or after `delay_s` seconds, with an exception code or its data
-    (`corrupt`: a read one register short, anything else as bytes that are no Modbus frame)."""
+    (`corrupt`: over Modbus TCP a read one register short, anything else as bytes that are no Modbus frame; over RTU
+    the answer with a CRC that does not match)."""
 
     silent: bool = False
     delay_s: float = 0.0
@@ -161,6 +170,14 @@ class _RequestHandler(ServerRequestHandler):
         self._owner.spawn(self._answer(pdu, addr))
 
     async def _answer(self, pdu: ModbusPDU, addr: tuple[Any, ...] | None) -> None:
+        bus = self._owner.bus
+        if bus is None:
+            await self._respond(pdu, addr)
+            return
+        async with bus:  # the gateway's serial line: one exchange at a time, a slow meter holding it
+            await self._respond(pdu, addr)
+
+    async def _respond(self, pdu: ModbusPDU, addr: tuple[Any, ...] | None) -> None:
         answer = self._owner.policy(pdu.dev_id, pdu.function_code)
         if answer.silent:
             return
@@ -180,6 +197,11 @@ class _RequestHandler(ServerRequestHandler):
         response.dev_id = pdu.dev_id
         if not self.is_active():  # the client may have gone while the answer waited
             return
+        if answer.corrupt and self._owner.framing == "rtu":
+            frame = bytearray(self.framer.buildFrame(response))
+            frame[-1] ^= 0xFF  # as a disturbed serial line damages a byte
+            self.send(bytes(frame), addr)
+            return
         if answer.corrupt:
             if response.isError() or pdu.function_code not in (READ_HOLDING_REGISTERS, READ_INPUT_REGISTERS):
                 self.send(GARBLED_FRAME, addr)
@@ -189,11 +211,22 @@ class _RequestHandler(ServerRequestHandler):
 
 
 class FleetServer(ModbusTcpServer):
-    """A pymodbus TCP server for the devices of a fleet; `policy` decides how each unit answers each request."""
+    """A pymodbus TCP server for the devices of a fleet; `policy` decides how each unit answers each request.
 
-    def __init__(self, devices: list[SimDevice], address: tuple[str, int], policy: AnswerPolicy) -> None:
-        super().__init__(devices, address=address, ignore_missing_devices=True)
+    `framing` "tcp": Modbus TCP, every request answered in a task of its own; "rtu": a transparent gateway to one
+    serial bus, RTU frames, one request answered at a time.
+    """
+
+    def __init__(
+        self, devices: list[SimDevice], address: tuple[str, int], policy: AnswerPolicy, framing: str = "tcp"
+    ) -> None:
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing is one of {', '.join(FRAMINGS)}, got {framing!r}")
+        framer = FramerType.RTU if framing == "rtu" else FramerType.SOCKET
+        super().__init__(devices, address=address, ignore_missing_devices=True, framer=framer)
         self.policy = policy
+        self.framing = framing
+        self.bus: asyncio.Lock | None = asyncio.Lock() if framing == "rtu" else None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def callback_new_connection(self) -> _RequestHandler:

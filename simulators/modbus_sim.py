@@ -1,6 +1,6 @@
-"""A fleet of simulated Modbus TCP meters on one address: unit ids 1..N of one pymodbus server, faults on demand.
+"""A fleet of simulated Modbus meters on one address: unit ids 1..N of one pymodbus server, faults on demand.
 
-    fleet = ModbusMeterFleet("127.0.0.1", 5020, ["eastron_sdm120", "hiking_dds238_2_znsr"], 10)
+    fleet = ModbusMeterFleet("127.0.0.1", 5020, ["eastron_sdm120", "hiking_dds238_2_znsr"], 10)  # framing="rtu"
     fleet.write_registry_csv("meters.csv")       # for `headend meters import`
     fleet.start()                                # in a thread of its own; or `await fleet.serve()` until cancelled
     fleet.set_fault(3, NoAnswer())
@@ -11,6 +11,9 @@ Meter i (unit id i) is of model models[(i - 1) % len(models)]. Its registers are
 meter's cumulative energy under a load shape (residential for single-phase models, commercial for three-phase ones)
 at the time the injected clock gives; a write to its map's relay control moves its relay (power 0 and energy
 standing still while it is open), and its relay status register shows where the relay is.
+
+The server speaks Modbus TCP (framing "tcp"), or is a transparent serial-to-TCP gateway with the meters on its RS-485
+bus (framing "rtu"): RTU frames with their CRC over the socket, one request answered at a time.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from simulators.modbus_meter import (
     is_three_phase,
 )
 from simulators.modbus_server import (
+    FRAMINGS,
     NORMAL,
     READ_COILS,
     READ_HOLDING_REGISTERS,
@@ -63,7 +67,7 @@ from simulators.modbus_server import (
     coil_is_on,
     make_device,
 )
-from simulators.polled_registry import write_polled_registry_csv
+from simulators.polled_registry import MODBUS_REGISTRY_COLUMNS, write_polled_registry_csv
 
 MAX_UNITS: Final = 247  # Modbus unit ids 1..247 (0 is broadcast, 248..255 reserved)
 # the register a meter already shows when the simulation starts; below 2^23 Wh, where a float32 kWh register
@@ -187,7 +191,10 @@ class _Unit:
 
 
 class ModbusMeterFleet:
-    """N simulated Modbus TCP meters (unit ids 1..N) behind one pymodbus server on (host, port).
+    """N simulated Modbus meters (unit ids 1..N) behind one pymodbus server on (host, port).
+
+    `framing` "tcp" serves them as Modbus TCP devices, "rtu" as meters on the RS-485 bus of a transparent
+    serial-to-TCP gateway (RTU frames, one request at a time).
 
     `clock` gives the simulated time the meters' energy follows (a fast clock runs them faster; faults' delays are
     real seconds). `region` goes into the registry rows. `relay_delay_s` is how long, in simulated seconds, a relay
@@ -207,9 +214,12 @@ class ModbusMeterFleet:
         clock: Callable[[], datetime] = _utc_now,
         region: str = "modbus-sim",
         relay_delay_s: tuple[float, float] = (0.0, 0.0),
+        framing: str = "tcp",
     ) -> None:
         if isinstance(port, bool) or not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535 (0: any free port), got {port!r}")
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {', '.join(FRAMINGS)}, got {framing!r}")
         if not region.strip():
             raise ValueError("region must not be blank")
         started_at = clock()
@@ -219,6 +229,7 @@ class ModbusMeterFleet:
         self._port = port
         self.region = region
         self.seed = seed
+        self.framing = framing
         self._clock = clock
         self._lock = threading.Lock()
         self.specs = plan_meters(models, meters, meter_id_prefix=meter_id_prefix, seed=seed)
@@ -273,7 +284,7 @@ class ModbusMeterFleet:
             raise KeyError(f"no meter at unit id {unit_id} (units 1..{len(self._units)})") from None
 
     def registry_rows(self) -> list[dict[str, str]]:
-        """The fleet's rows of the registry CSV (POLLED_REGISTRY_COLUMNS), as `headend meters import` reads them."""
+        """The fleet's rows of the registry CSV (MODBUS_REGISTRY_COLUMNS), as `headend meters import` reads them."""
         endpoint = self.endpoint
         return [
             {
@@ -286,13 +297,14 @@ class ModbusMeterFleet:
                 "unit_id": str(spec.unit_id),
                 "address": "",
                 "bus": "",
+                "framing": self.framing,
             }
             for spec in self.specs
         ]
 
     def write_registry_csv(self, path: str | PathLike[str]) -> int:
         """Write the fleet's registry CSV (header and one row a meter) to `path`; return the number of meters."""
-        return write_polled_registry_csv(path, self.registry_rows())
+        return write_polled_registry_csv(path, self.registry_rows(), MODBUS_REGISTRY_COLUMNS)
 
     # --- faults and the truth --------------------------------------------------------------
 
@@ -342,7 +354,7 @@ class ModbusMeterFleet:
         self._serving = True
         try:
             devices = [make_device(unit_id, unit.register_map, unit.access) for unit_id, unit in self._units.items()]
-            server = FleetServer(devices, (self.host, self._port), self._answer)
+            server = FleetServer(devices, (self.host, self._port), self._answer, self.framing)
             try:
                 try:
                     await server.serve_forever(background=True)

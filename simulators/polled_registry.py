@@ -17,12 +17,16 @@ POLLED_REGISTRY_COLUMNS = (
     "address",
     "bus",
 )
+# a Modbus meter's rows say, besides, how its requests are framed: tcp or rtu
+MODBUS_REGISTRY_COLUMNS = (*POLLED_REGISTRY_COLUMNS, "framing")
 
 
-def write_polled_registry_csv(path: str | PathLike[str], rows: Sequence[dict[str, str]]) -> int:
-    """Write `rows` (POLLED_REGISTRY_COLUMNS) under their header to `path`; return the number of meters."""
+def write_polled_registry_csv(
+    path: str | PathLike[str], rows: Sequence[dict[str, str]], columns: Sequence[str] = POLLED_REGISTRY_COLUMNS
+) -> int:
+    """Write `rows` (with `columns`) under their header to `path`; return the number of meters."""
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=POLLED_REGISTRY_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     return len(rows)

@@ -32,7 +32,7 @@ from simulators.modbus_faults import ExceptionAnswer, ExceptionCode, SlowAnswer
 from simulators.modbus_meter import ModbusMeterSim, ModbusMeterSpec, RelayRefusedError, is_three_phase
 from simulators.modbus_server import register_blocks
 from simulators.modbus_sim import START_REGISTER_MAX_WH, ModbusMeterFleet, plan_meters
-from simulators.polled_registry import POLLED_REGISTRY_COLUMNS
+from simulators.polled_registry import MODBUS_REGISTRY_COLUMNS
 from simulators.relay_sim import RelayFault
 
 MODELS = available_models()
@@ -305,7 +305,7 @@ def test_fleet_sizes_models_and_prefixes_are_checked() -> None:
 def test_registry_rows_import_as_modbus_meters(tmp_path: Path) -> None:
     fleet = ModbusMeterFleet("127.0.0.1", 5020, list(MODELS), 12, region="east", clock=lambda: T0)
     rows = fleet.registry_rows()
-    assert list(rows[0]) == list(POLLED_REGISTRY_COLUMNS)
+    assert list(rows[0]) == list(MODBUS_REGISTRY_COLUMNS)
     assert rows[2] == {
         "meter_id": "MB000003",
         "protocol": "modbus",
@@ -316,15 +316,30 @@ def test_registry_rows_import_as_modbus_meters(tmp_path: Path) -> None:
         "unit_id": "3",
         "address": "",
         "bus": "",
+        "framing": "tcp",
     }
     path = tmp_path / "modbus.csv"
     assert fleet.write_registry_csv(path) == 12
-    assert path.read_text(encoding="utf-8").splitlines()[0] == ",".join(POLLED_REGISTRY_COLUMNS)
+    assert path.read_text(encoding="utf-8").splitlines()[0] == ",".join(MODBUS_REGISTRY_COLUMNS)
     parsed = read_registry_file(path)
     assert parsed.errors == []
-    assert [(r.meter_id, r.protocol, r.model, r.endpoint, r.unit_id, r.bus) for r in parsed.rows] == [
-        (s.meter_id, "modbus", s.model, "127.0.0.1:5020", s.unit_id, None) for s in fleet.specs
+    assert [(r.meter_id, r.protocol, r.model, r.endpoint, r.unit_id, r.bus, r.framing) for r in parsed.rows] == [
+        (s.meter_id, "modbus", s.model, "127.0.0.1:5020", s.unit_id, None, "tcp") for s in fleet.specs
     ]
+
+
+def test_an_rtu_fleets_rows_import_as_meters_behind_a_transparent_gateway(tmp_path: Path) -> None:
+    fleet = ModbusMeterFleet("127.0.0.1", 4001, list(MODELS), 3, clock=lambda: T0, framing="rtu")
+    assert {row["framing"] for row in fleet.registry_rows()} == {"rtu"}
+    path = tmp_path / "rtu.csv"
+    assert fleet.write_registry_csv(path) == 3
+    parsed = read_registry_file(path)
+    assert parsed.errors == []
+    assert [(r.endpoint, r.unit_id, r.framing) for r in parsed.rows] == [
+        ("127.0.0.1:4001", u, "rtu") for u in (1, 2, 3)
+    ]
+    with pytest.raises(ValueError, match="framing must be one of tcp, rtu, got 'ascii'"):
+        ModbusMeterFleet("127.0.0.1", 4001, list(MODELS), 3, clock=lambda: T0, framing="ascii")
 
 
 def test_port_0_has_no_endpoint_until_the_server_listens() -> None:
