@@ -151,6 +151,10 @@ def simulate(
     models: Annotated[
         str, typer.Option(help="modbus: comma-separated register maps, given to the meters in turn")
     ] = "eastron_sdm120,eastron_sdm630,chint_ddsu666,chint_dtsu666,hiking_dds238_2_znsr",
+    framing: Annotated[
+        str | None,
+        typer.Option(help="modbus: tcp (Modbus TCP) or rtu (RTU frames through a transparent gateway) [default: tcp]"),
+    ] = None,
 ) -> None:
     """Simulate a meter fleet publishing readings over MQTT, or polled meters served over Modbus TCP or DL/T 645."""
     if protocol is not Protocol.MQTT:
@@ -170,6 +174,7 @@ def simulate(
             region=_regions(regions)[0],
             registry_csv=registry_csv,
             registry_only=registry_only,
+            framing=framing,
         )
         return
     from headend.runtime.signals import stop_on_signals

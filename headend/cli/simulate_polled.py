@@ -1,4 +1,5 @@
-"""`headend simulate --protocol modbus|dlt645`: serve simulated polled meters on one address until stopped."""
+"""`headend simulate --protocol modbus|dlt645 [--framing tcp|rtu]`: serve simulated polled meters on one address until
+stopped."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ if TYPE_CHECKING:
     from simulators.dlt645_gateway import Dlt645Gateway
     from simulators.modbus_sim import ModbusMeterFleet
 
+FRAMINGS = ("tcp", "rtu")
 LISTEN = re.compile(r"(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]):(?P<port>[0-9]{1,5})")
 
 
@@ -34,12 +36,18 @@ def serve_polled(
     region: str,
     registry_csv: Path | None,
     registry_only: bool,
+    framing: str | None = None,
 ) -> None:
-    """Serve `meters` simulated Modbus meters (unit ids 1..N) or DL/T 645 meters behind one gateway on `listen`."""
+    """Serve `meters` simulated Modbus meters (unit ids 1..N; Modbus TCP, or RTU behind one transparent gateway) or
+    DL/T 645 meters behind one gateway on `listen`."""
     from headend.runtime.signals import stop_on_signals
     from protocols.register_map import available_models
 
     host, port = parse_listen(listen)
+    if framing is not None and protocol != "modbus":
+        raise typer.BadParameter(f"framing is for --protocol modbus, not {protocol}", param_hint="--framing")
+    if framing is not None and framing not in FRAMINGS:
+        raise typer.BadParameter(f"{framing!r} is not one of {', '.join(FRAMINGS)}", param_hint="--framing")
     if protocol == "modbus":
         from simulators.modbus_sim import ModbusMeterFleet
 
@@ -53,7 +61,7 @@ def serve_polled(
         if not 1 <= meters <= 247:
             raise typer.BadParameter(f"{meters}: one Modbus address serves 1-247 units", param_hint="--meters")
         server: ModbusMeterFleet | Dlt645Gateway = ModbusMeterFleet(
-            host, port, names, meters, meter_id_prefix=id_prefix, seed=seed, region=region
+            host, port, names, meters, meter_id_prefix=id_prefix, seed=seed, region=region, framing=framing or "tcp"
         )
     else:
         from simulators.dlt645_gateway import Dlt645Gateway
@@ -77,7 +85,8 @@ def serve_polled(
             typer.echo(f"error: cannot listen on {listen}: {exc}", err=True)
             raise typer.Exit(1) from None
         try:
-            typer.echo(f"serving {meters} simulated {protocol} meters on {server.endpoint} until stopped")
+            gateway = " (RTU through a transparent gateway)" if framing == "rtu" else ""
+            typer.echo(f"serving {meters} simulated {protocol} meters{gateway} on {server.endpoint} until stopped")
             stop.wait()
         finally:
             server.stop()

@@ -1,5 +1,6 @@
-"""Polled meters through the real commands: `headend simulate --protocol modbus|dlt645` serves them on 127.0.0.1,
-`headend meters import` registers what it wrote, `headend poll --once` reads every one into the database."""
+"""Polled meters through the real commands: `headend simulate --protocol modbus|dlt645` serves them on 127.0.0.1
+(Modbus TCP, or RTU behind a transparent gateway with `--framing rtu`), `headend meters import` registers what it
+wrote, `headend poll --once` reads every one into the database."""
 
 from __future__ import annotations
 
@@ -20,15 +21,19 @@ pytestmark = pytest.mark.e2e
 __all__ = ["database_url"]  # the fixture, shared
 
 
-@pytest.mark.parametrize(("protocol", "meters"), [("modbus", 5), ("dlt645", 4)])
+@pytest.mark.parametrize(
+    ("protocol", "meters", "framing"), [("modbus", 5, None), ("modbus", 5, "rtu"), ("dlt645", 4, None)]
+)
 def test_simulated_polled_meters_are_read_by_the_poller(
-    database_url: str, tmp_path: Path, protocol: str, meters: int
+    database_url: str, tmp_path: Path, protocol: str, meters: int, framing: str | None
 ) -> None:
     env = {"HEADEND_DATABASE_URL": database_url}
     registry = tmp_path / "registry.csv"
     listen = f"127.0.0.1:{free_port()}"
     command = [sys.executable, "-m", "headend", "--log-level", "warning", "simulate", "--protocol", protocol]
     command += ["--listen", listen, "--meters", str(meters), "--registry-csv", str(registry), "--id-prefix", "E2E"]
+    command += [] if framing is None else ["--framing", framing]
+    gateway = " (RTU through a transparent gateway)" if framing == "rtu" else ""
     log = (tmp_path / "simulate.log").open("w")
     server = subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
@@ -36,8 +41,10 @@ def test_simulated_polled_meters_are_read_by_the_poller(
         lines = [server.stdout.readline() for _ in range(2)]
         assert lines == [
             f"wrote {meters} meters to {registry}\n",
-            f"serving {meters} simulated {protocol} meters on {listen} until stopped\n",
+            f"serving {meters} simulated {protocol} meters{gateway} on {listen} until stopped\n",
         ], lines
+        if framing is not None:
+            assert all(line.endswith(f",{framing}") for line in registry.read_text().splitlines()[1:])
         assert headend("migrate", env=env).returncode == 0
         imported = headend("meters", "import", str(registry), env=env)
         assert imported.returncode == 0, imported.stderr
@@ -61,3 +68,13 @@ def test_an_address_that_is_not_host_port_is_refused(tmp_path: Path) -> None:
     result = headend("simulate", "--protocol", "modbus", "--listen", "localhost", env={})
     assert result.returncode == 2
     assert "'localhost' is not HOST:PORT with a port 1-65535" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("protocol", "framing", "why"),
+    [("modbus", "ascii", "'ascii' is not one of tcp, rtu"), ("dlt645", "rtu", "framing is for --protocol modbus")],
+)
+def test_a_framing_other_than_modbus_tcp_or_rtu_is_refused(protocol: str, framing: str, why: str) -> None:
+    result = headend("simulate", "--protocol", protocol, "--framing", framing, env={})
+    assert result.returncode == 2
+    assert why in result.stderr
