@@ -107,7 +107,8 @@ class MeterEvent:
 # --------------------------------------------------------------------------- encoding
 
 
-def _dump(body: Mapping[str, Any]) -> bytes:
+def dump_payload(body: Mapping[str, Any]) -> bytes:
+    """Compact ASCII JSON of a command or an event; the field limits keep it within MAX_PAYLOAD_BYTES."""
     data = json.dumps(body, separators=(",", ":")).encode()
     # the field limits keep every message under the limit; an excess is a bug here, not a device's fault
     assert len(data) <= MAX_PAYLOAD_BYTES, len(data)
@@ -116,7 +117,7 @@ def _dump(body: Mapping[str, Any]) -> bytes:
 
 def encode_command(message: RelayCommandMessage) -> bytes:
     """Payload for `meters/{meter_id}/commands` or `concentrators/{dcu_id}/commands`."""
-    return _dump(
+    return dump_payload(
         {
             "command_id": message.command_id,
             "action": message.action.value,
@@ -141,7 +142,7 @@ def encode_event(event: MeterEvent) -> bytes:
     if event.detail is not None:
         body["detail"] = event.detail
     body["ts"] = event.ts.isoformat()
-    return _dump(body)
+    return dump_payload(body)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -149,10 +150,15 @@ def encode_event(event: MeterEvent) -> bytes:
 _E = TypeVar("_E", bound=StrEnum)
 
 
-def _load(payload: bytes, fields: frozenset[str], required: tuple[str, ...]) -> dict[str, Any]:
+def load_payload(payload: bytes) -> dict[str, Any]:
+    """The JSON object of a command or event payload of at most MAX_PAYLOAD_BYTES; PayloadError otherwise."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds the limit of {MAX_PAYLOAD_BYTES} bytes")
-    obj = load_object(payload)
+    return load_object(payload)
+
+
+def check_fields(obj: Mapping[str, Any], fields: frozenset[str], required: tuple[str, ...]) -> None:
+    """Refuse a field not in `fields`, and a `required` one absent or null."""
     unknown = obj.keys() - fields
     if unknown:
         raise PayloadError(f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -160,10 +166,17 @@ def _load(payload: bytes, fields: frozenset[str], required: tuple[str, ...]) -> 
     missing = [field for field in required if obj.get(field) is None]
     if missing:
         raise PayloadError(f"missing field(s): {', '.join(missing)}")
+
+
+def load_fields(payload: bytes, fields: frozenset[str], required: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON object of a payload of at most MAX_PAYLOAD_BYTES, with only `fields` and every `required` not null."""
+    obj = load_payload(payload)
+    check_fields(obj, fields, required)
     return obj
 
 
-def _string(value: object, field: str) -> str:
+def string_field(value: object, field: str) -> str:
+    """`value` if it is a string; PayloadError naming `field` otherwise."""
     if not isinstance(value, str):
         raise PayloadError(f"{field} must be a string, got {value!r}")
     return value
@@ -177,29 +190,60 @@ def _choice(value: object, field: str, enum: type[_E]) -> _E:
     return enum(value)
 
 
-def _command_id(value: object) -> str:
-    command_id = _string(value, "command_id")
+def command_id_field(value: object) -> str:
+    """`value` if it is a valid command id; PayloadError otherwise."""
+    command_id = string_field(value, "command_id")
     if not is_valid_command_id(command_id):
         raise PayloadError(f"command_id {command_id!r} does not match {_COMMAND_ID_CHARS}{{1,{COMMAND_ID_MAX_LEN}}}")
     return command_id
 
 
-def decode_command(topic: Topic, payload: bytes) -> RelayCommandMessage:
-    """Decode a command received on `meters/{id}/commands` or `concentrators/{id}/commands`."""
+def check_command_topic(topic: Topic) -> None:
+    """Refuse a topic other than `meters/{id}/commands` and `concentrators/{id}/commands`."""
     if topic.kind not in (TopicKind.METER_COMMANDS, TopicKind.CONCENTRATOR_COMMANDS):
         raise TopicError(f"{topic.kind.value} topic of {topic.device_id!r} does not carry relay commands")
-    obj = _load(payload, _COMMAND_FIELDS, _COMMAND_REQUIRED)
-    command_id = _command_id(obj["command_id"])
-    action = _choice(obj["action"], "action", RelayAction)
-    meter_id = _string(obj["meter_id"], "meter_id")
+
+
+def command_meter_id(topic: Topic, value: object) -> str:
+    """A command's valid meter id, which on `meters/{id}/commands` must be the topic's."""
+    meter_id = string_field(value, "meter_id")
     if not is_valid_id(meter_id):
         raise PayloadError(f"meter_id {meter_id!r} does not match [A-Za-z0-9_-]{{1,32}}")
     if topic.kind is TopicKind.METER_COMMANDS and meter_id != topic.device_id:
         raise PayloadError(f"meter_id {meter_id!r} in payload differs from topic {topic.device_id!r}")
+    return meter_id
+
+
+def command_lifetime(obj: Mapping[str, Any]) -> tuple[datetime, datetime]:
+    """A command's `issued_at` and `expires_at`, the second strictly after the first."""
     issued_at = parse_timestamp(obj["issued_at"], "issued_at")
     expires_at = parse_timestamp(obj["expires_at"], "expires_at")
     if expires_at <= issued_at:
         raise PayloadError(f"expires_at {obj['expires_at']!r} is not after issued_at {obj['issued_at']!r}")
+    return issued_at, expires_at
+
+
+def decode_command(topic: Topic, payload: bytes) -> RelayCommandMessage:
+    """Decode a relay command received on `meters/{id}/commands` or `concentrators/{id}/commands`.
+
+    Strict: a `read_readings` command on the same topics is refused here; a device that takes both kinds decodes
+    with `protocols.reread_codec.decode_device_command`.
+    """
+    check_command_topic(topic)
+    return command_from_object(topic, load_payload(payload))
+
+
+def command_from_object(topic: Topic, obj: Mapping[str, Any]) -> RelayCommandMessage:
+    """The relay command in the JSON object of a payload received on the commands topic `topic`."""
+    check_command_topic(topic)
+    if obj.get("action") == "read_readings":
+        # its fields would be refused as unknown; say what it is instead
+        raise PayloadError("action 'read_readings' is a re-read, not a relay command")
+    check_fields(obj, _COMMAND_FIELDS, _COMMAND_REQUIRED)
+    command_id = command_id_field(obj["command_id"])
+    action = _choice(obj["action"], "action", RelayAction)
+    meter_id = command_meter_id(topic, obj["meter_id"])
+    issued_at, expires_at = command_lifetime(obj)
     return RelayCommandMessage(command_id, action, meter_id, issued_at, expires_at)
 
 
@@ -207,11 +251,11 @@ def decode_event(topic: Topic, payload: bytes) -> MeterEvent:
     """Decode an event received on `meters/{meter_id}/events`."""
     if topic.kind is not TopicKind.METER_EVENTS:
         raise TopicError(f"{topic.kind.value} topic of {topic.device_id!r} does not carry meter events")
-    obj = _load(payload, _EVENT_FIELDS, _EVENT_REQUIRED)
+    obj = load_fields(payload, _EVENT_FIELDS, _EVENT_REQUIRED)
     relay = _choice(obj["relay"], "relay", RelayState)
     ts = parse_timestamp(obj["ts"], "ts")
     raw_command_id, raw_result, raw_cause = obj.get("command_id"), obj.get("result"), obj.get("cause")
-    command_id = None if raw_command_id is None else _command_id(raw_command_id)
+    command_id = None if raw_command_id is None else command_id_field(raw_command_id)
     result = None if raw_result is None else _choice(raw_result, "result", CommandResult)
     cause = None if raw_cause is None else _choice(raw_cause, "cause", EventCause)
     ready = obj.get("ready_for_reconnection")
@@ -219,7 +263,7 @@ def decode_event(topic: Topic, payload: bytes) -> MeterEvent:
         raise PayloadError(f"ready_for_reconnection must be true or false, got {ready!r}")
     detail = obj.get("detail")
     if detail is not None:
-        detail = _string(detail, "detail")
+        detail = string_field(detail, "detail")
         if len(detail) > DETAIL_MAX_LEN:
             raise PayloadError(f"detail of {len(detail)} characters exceeds the limit of {DETAIL_MAX_LEN}")
         if not _is_unicode(detail):
