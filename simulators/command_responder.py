@@ -1,4 +1,8 @@
-"""Simulated meters and concentrators that obey relay commands over MQTT (paho-mqtt 2.x, QoS 1) and report events."""
+"""Simulated meters and concentrators that obey commands over MQTT (paho-mqtt 2.x, QoS 1).
+
+Relay commands are answered with events; a `read_readings` command (re-read) with the readings the device holds
+for the range, sent again on its readings topic.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from protocols.errors import ProtocolError
 from protocols.mqtt_topics import (
+    Topic,
     TopicKind,
     concentrator_commands_topic,
     meter_commands_topic,
@@ -24,11 +29,14 @@ from protocols.mqtt_topics import (
     parse_topic,
 )
 from protocols.readings import RelayState
-from protocols.relay_codec import CommandResult, MeterEvent, RelayCommandMessage, decode_command, encode_event
+from protocols.relay_codec import CommandResult, MeterEvent, RelayCommandMessage, encode_event
+from protocols.reread_codec import ReadReadingsCommand, decode_device_command
 from simulators.fleet import Fleet
 from simulators.meter_sim import MeterSim
 from simulators.publisher import QOS, BrokerConfig, BrokerError
+from simulators.reading_history import ReadingHistory
 from simulators.relay_sim import DEFAULT_DELAY_S, RelayFault, RelaySim, RelayStatus
+from simulators.reread_answers import RereadAnswer, RereadAnswers
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +60,9 @@ class ResponderCounts:
     undecodable: int = 0
     events_published: int = 0
     events_dropped: int = 0
+    rereads_received: int = 0
+    rereads_ignored: int = 0  # expired, for a meter the device does not have, or the device offline
+    readings_republished: int = 0  # readings sent again for re-reads, in messages the broker acknowledged
     errors: int = 0
 
     def lines(self) -> list[str]:
@@ -60,10 +71,12 @@ class ResponderCounts:
 
 
 class CommandResponder:
-    """Answers the relay commands of a fleet's meters and concentrators; use it as a context manager.
+    """Answers the relay commands and re-reads of a fleet's meters and concentrators; use it as a context manager.
 
     `meters` (the MeterSims of a running FleetSimulation) follow the relay model, so an open relay meters
-    nothing. `faults` maps meter ids to relay faults, and concentrator ids to OFFLINE.
+    nothing. `history` (the FleetSimulation's) holds the readings a re-read sends again; without it a re-read
+    finds nothing. `faults` maps meter ids to relay faults, and concentrator ids to OFFLINE: an offline device
+    hears no command of either kind.
     """
 
     def __init__(
@@ -73,6 +86,7 @@ class CommandResponder:
         *,
         faults: Mapping[str, RelayFault] | None = None,
         meters: Mapping[str, MeterSim] | None = None,
+        history: ReadingHistory | None = None,
         delay_s: tuple[float, float] = DEFAULT_DELAY_S,
         button_delay_s: float | None = None,
         clock: Callable[[], datetime] = _utc_now,
@@ -98,6 +112,8 @@ class CommandResponder:
             )
             for m in fleet.meters
         }
+        held = history if history is not None else ReadingHistory(0)
+        self._rereads = RereadAnswers(fleet, held, zone=held.zone)
         self._lock = threading.Lock()
         self._acked = threading.Condition(self._lock)
         self._offline_dcus: set[str] = set()
@@ -126,6 +142,7 @@ class CommandResponder:
         self._thread: threading.Thread | None = None
         self._busy: set[str] = set()
         self._outstanding = 0
+        self._reading_mids: dict[int, int] = {}  # re-read messages awaiting their PUBACK: readings in each
         self._tally = dict.fromkeys((f.name for f in fields(ResponderCounts)), 0)
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -286,8 +303,11 @@ class CommandResponder:
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
         with self._acked:
             self._outstanding -= 1
+            readings = self._reading_mids.pop(mid, None)
             if reason.is_failure:
                 self._count(errors=1)
+            elif readings is not None:
+                self._count(readings_republished=readings)
             else:
                 self._count(events_published=1)
             self._acked.notify_all()
@@ -301,20 +321,24 @@ class CommandResponder:
             with self._lock:
                 self._count(errors=1)
             return
-        if answer is not None:
+        if isinstance(answer, MeterEvent):
             self._publish(answer)
+        elif answer is not None:
+            self._republish(answer)
 
-    def _handle(self, topic_name: str, payload: bytes) -> MeterEvent | None:
-        """Hand a command to its meter's model; return an immediate answer of a concentrator, if any."""
+    def _handle(self, topic_name: str, payload: bytes) -> MeterEvent | RereadAnswer | None:
+        """Hand a command to its meter's model; return an immediate answer of a concentrator, or a re-read's."""
         now = self._clock()
         try:
             topic = parse_topic(topic_name)
-            command = decode_command(topic, payload)
+            command = decode_device_command(topic, payload)
         except ProtocolError as exc:
             log.warning("undecodable command on %s: %s", topic_name, exc.reason)
             with self._lock:
                 self._count(undecodable=1)
             return None
+        if isinstance(command, ReadReadingsCommand):
+            return self._reread(topic, command, now)
         with self._lock:
             self._count(commands_received=1)
             if topic.kind is TopicKind.CONCENTRATOR_COMMANDS:
@@ -345,6 +369,40 @@ class CommandResponder:
             )
         self._deliver(command, now)
         return None
+
+    def _reread(self, topic: Topic, command: ReadReadingsCommand, now: datetime) -> RereadAnswer | None:
+        with self._lock:
+            self._count(rereads_received=1)
+            model = self._models.get(topic.device_id)
+            offline = topic.device_id in self._offline_dcus or (model is not None and model.fault is RelayFault.OFFLINE)
+            if offline:
+                self._count(rereads_ignored=1)
+                return None
+        # outside the lock: the history has a lock of its own, and the range may hold a great many readings
+        answer = self._rereads.answer(topic, command, now)
+        if answer.refused is not None:
+            log.warning("re-read %s on %s not carried out: %s", command.command_id, topic.device_id, answer.refused)
+            with self._lock:
+                self._count(rereads_ignored=1)
+            return None
+        log.info("re-read %s: %d reading(s) sent again by %s", command.command_id, answer.readings, topic.device_id)
+        return answer
+
+    def _republish(self, answer: RereadAnswer) -> None:
+        # called on paho's network thread (on_message), which also runs on_publish: no PUBACK of these messages
+        # can be handled before its mid is noted below
+        for message in answer.messages:
+            with self._lock:
+                self._outstanding += 1
+            info = self._client.publish(message.topic, message.payload, qos=QOS)
+            with self._acked:
+                if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                    self._reading_mids[info.mid] = message.readings
+                else:
+                    log.error("publish of re-read readings to %s failed: %s", message.topic, mqtt.error_string(info.rc))
+                    self._outstanding -= 1
+                    self._count(errors=1)
+                    self._acked.notify_all()
 
     def _deliver(self, command: RelayCommandMessage, now: datetime) -> None:
         if self._models[command.meter_id].receive(command, now):

@@ -13,6 +13,7 @@ from simulators.faults import FaultConfig, FaultPlan, MessageFaults, plan_faults
 from simulators.fleet import Fleet
 from simulators.load_shapes import SHANGHAI
 from simulators.meter_sim import MeterSim
+from simulators.reading_history import DEFAULT_HISTORY_INTERVALS, ReadingHistory
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +42,34 @@ class SimulationCounts:
     offline_meters: int = 0
 
 
+def meter_message(reading: MeterReading, instant: datetime) -> OutgoingMessage:
+    """A direct meter's reading on its own readings topic."""
+    return OutgoingMessage(meter_readings_topic(reading.meter_id), encode_meter_reading(reading), 1, instant)
+
+
+def concentrator_messages(
+    dcu_id: str, readings: list[MeterReading], sent_at: datetime, instant: datetime
+) -> list[OutgoingMessage]:
+    """A concentrator's readings in messages of at most MAX_READINGS_PER_BATCH; none when there are none."""
+    messages = []
+    for start in range(0, len(readings), MAX_READINGS_PER_BATCH):
+        chunk = readings[start : start + MAX_READINGS_PER_BATCH]
+        payload = encode_concentrator_batch(dcu_id, sent_at, chunk)
+        messages.append(OutgoingMessage(concentrator_readings_topic(dcu_id), payload, len(chunk), instant))
+    return messages
+
+
 class FleetSimulation:
     """Advances every meter of a fleet and turns each interval into MQTT messages, faults applied."""
 
-    def __init__(self, fleet: Fleet, faults: FaultConfig | None = None, *, zone: ZoneInfo = SHANGHAI) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        faults: FaultConfig | None = None,
+        *,
+        zone: ZoneInfo = SHANGHAI,
+        history_intervals: int = DEFAULT_HISTORY_INTERVALS,
+    ) -> None:
         self.fleet = fleet
         self.zone = zone
         config = faults or FaultConfig()
@@ -58,6 +83,8 @@ class FleetSimulation:
         self._offline = self.plan.offline_ids
         self._faults: MessageFaults[OutgoingMessage] = MessageFaults(config, fleet.seed)
         self._counts = SimulationCounts(offline_meters=len(self._offline))
+        # what the devices hold to send again on a re-read: every reading taken, whatever faults then did to it
+        self.history = ReadingHistory(history_intervals, zone=zone)
 
     @property
     def counts(self) -> SimulationCounts:
@@ -70,7 +97,11 @@ class FleetSimulation:
         return self._faults.held
 
     def readings_at(self, instant: datetime) -> tuple[list[MeterReading], dict[str, list[MeterReading]], int]:
-        """Advance every meter to `instant`: direct readings, readings per concentrator, and offline meters skipped."""
+        """Advance every meter to `instant`: direct readings, readings per concentrator, and offline meters skipped.
+
+        The readings are kept in `history`, an offline meter's excepted: it hears no re-read, nor does its concentrator
+        hold its readings.
+        """
         direct: list[MeterReading] = []
         batches: dict[str, list[MeterReading]] = {c.dcu_id: [] for c in self.fleet.concentrators}
         offline = 0
@@ -83,20 +114,18 @@ class FleetSimulation:
                 direct.append(reading)
             else:
                 batches[meter.concentrator_id].append(reading)
+        self.history.record(direct)
+        for readings in batches.values():
+            self.history.record(readings)
         return direct, batches, offline
 
     def messages_at(self, instant: datetime) -> tuple[list[OutgoingMessage], int]:
         """The fault-free messages of one interval and the number of offline meters left out."""
         direct, batches, offline = self.readings_at(instant)
-        messages = [
-            OutgoingMessage(meter_readings_topic(r.meter_id), encode_meter_reading(r), 1, instant) for r in direct
-        ]
+        messages = [meter_message(r, instant) for r in direct]
         sent_at = instant.astimezone(self.zone)
         for dcu_id, readings in batches.items():
-            for start in range(0, len(readings), MAX_READINGS_PER_BATCH):
-                chunk = readings[start : start + MAX_READINGS_PER_BATCH]
-                payload = encode_concentrator_batch(dcu_id, sent_at, chunk)
-                messages.append(OutgoingMessage(concentrator_readings_topic(dcu_id), payload, len(chunk), instant))
+            messages += concentrator_messages(dcu_id, readings, sent_at, instant)
         return messages, offline
 
     def step(self, instant: datetime) -> list[OutgoingMessage]:
