@@ -88,3 +88,10 @@ class Dlt645Link:
             voltage_v=voltage.voltage_v if isinstance(voltage, Voltage) else None,
             relay=status.relay if isinstance(status, StatusWord3) else None,
         )
+
+    async def connect(self) -> None:
+        """Open the connection to the gateway unless it is open; PollError (no connection) when it cannot be."""
+        try:
+            await self._connection.client()
+        except NoConnection as exc:
+            raise PollError(FailureKind.NO_CONNECTION, str(exc)) from None
