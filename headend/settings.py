@@ -209,6 +209,33 @@ class Settings(BaseSettings):
     poll_connections: int = Field(
         default=256, ge=1, le=10_000, description="`poll`: serial buses and meters polled at once, at most"
     )
+    dispatch_relay_settle_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="`dispatch`: how long the relay of a Modbus or DL/T 645 meter is read again after a command while "
+        "it is not where the command put it (a relay takes a moment to move)",
+    )
+    dispatch_armed_check_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="`dispatch`: between reads of the relays of DL/T 645 meters armed for reconnection (合闸允许), "
+        "which tell when the customer pressed the button",
+    )
+    dlt645_relay_password: SecretStr = Field(
+        default=SecretStr("123456"),
+        description="`dispatch`: the password of DL/T 645 relay control, 6 hex digits as printed (P2 P1 P0); the "
+        "default is the simulated meters' (and many meters' factory) password: change it",
+    )
+    dlt645_password_level: int = Field(
+        default=2, ge=0, le=255, description="`dispatch`: the level (PA) of HEADEND_DLT645_RELAY_PASSWORD"
+    )
+    dlt645_operator_code: str = Field(
+        default="00000000",
+        pattern=r"^[0-9A-Fa-f]{8}$",
+        description="`dispatch`: the operator code DL/T 645 relay control carries, 8 hex digits as printed (C3..C0)",
+    )
     poll_frozen_days: int = Field(
         default=3,
         ge=0,
@@ -234,6 +261,18 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Shanghai)") from None
         return value
+
+    @field_validator("dlt645_relay_password")
+    @classmethod
+    def _dlt645_password(cls, value: SecretStr) -> SecretStr:
+        if not re.fullmatch(r"[0-9A-Fa-f]{6}", value.get_secret_value()):
+            raise ValueError("a DL/T 645 password is 6 hex digits as printed (P2 P1 P0)")
+        return SecretStr(value.get_secret_value().upper())
+
+    @field_validator("dlt645_operator_code")
+    @classmethod
+    def _upper(cls, value: str) -> str:
+        return value.upper()
 
     @field_validator("mqtt_shared_group")
     @classmethod
