@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from simulators.fleet_sim import SimulationCounts
 
 DEFAULT_INTERVALS = INTERVALS_PER_DAY
+# the head-end accepts readings up to 92 days old: a device holding more could send nothing more of use
+MAX_HISTORY_DAYS = 92
 
 
 class Protocol(StrEnum):
@@ -125,8 +127,12 @@ def simulate(
     drift_fraction: Annotated[float, typer.Option(help="share of meters whose clock drifts off the grid")] = 0.0,
     rollover_fraction: Annotated[float, typer.Option(help="share of meters whose register wraps to 0")] = 0.0,
     obey_commands: Annotated[
-        bool, typer.Option(help="answer relay commands on the meters' and concentrators' command topics")
+        bool,
+        typer.Option(help="answer relay commands and re-reads on the meters' and concentrators' command topics"),
     ] = True,
+    history_days: Annotated[
+        int, typer.Option(help="days of readings each meter and concentrator keeps, sent again on a re-read")
+    ] = 7,
     reconnect_allowed_fraction: Annotated[
         float, typer.Option(help="share of meters where a reconnect only arms the relay (合闸允许)")
     ] = 0.0,
@@ -197,6 +203,8 @@ def simulate(
         raise typer.BadParameter(f"{installed_on!r} is not a date YYYY-MM-DD", param_hint="--installed-on") from None
     if registry_only and registry_csv is None:
         raise typer.BadParameter("--registry-only needs --registry-csv PATH", param_hint="--registry-only")
+    if not 0 <= history_days <= MAX_HISTORY_DAYS:
+        raise typer.BadParameter(f"{history_days} is outside 0..{MAX_HISTORY_DAYS}", param_hint="--history-days")
     region_names = _regions(regions)
     count = _interval_count(intervals, days)
     button_delay_s = _button_delay(button_delay)
@@ -259,7 +267,7 @@ def simulate(
         key_file=settings.mqtt_tls_key_file,
         tls_insecure=settings.mqtt_tls_insecure,
     )
-    simulation = FleetSimulation(fleet, faults, zone=zone)
+    simulation = FleetSimulation(fleet, faults, zone=zone, history_intervals=history_days * INTERVALS_PER_DAY)
     typer.echo(_describe(fleet))
     typer.echo(
         f"publishing {count} intervals from {clock.start.isoformat()} at "
@@ -281,10 +289,18 @@ def simulate(
         # connection needs an account of its own, or the two connections would keep disconnecting each other
         relay_broker = broker if broker.username is None else replace(broker, username=relay_account(broker.username))
         responder = CommandResponder(
-            fleet, relay_broker, faults=relay_faults, meters=simulation.meters, button_delay_s=button_delay_s
+            fleet,
+            relay_broker,
+            faults=relay_faults,
+            meters=simulation.meters,
+            history=simulation.history,
+            button_delay_s=button_delay_s,
         )
         faulty = sum(1 for f in relay_faults.values() if f is not RelayFault.NONE)
-        typer.echo(f"answering relay commands ({faulty} meters with a relay fault)")
+        typer.echo(
+            f"answering relay commands ({faulty} meters with a relay fault) and re-reads "
+            f"(the last {history_days} days of readings held)"
+        )
 
     def progress(instant: datetime, counts: SimulationCounts) -> None:
         if counts.intervals % INTERVALS_PER_DAY == 0:
@@ -301,7 +317,7 @@ def simulate(
         typer.echo(line)
     if responder is not None:
         for line in responder.counts.lines():
-            typer.echo(f"relay {line}")
+            typer.echo(f"commands {line}")
     if stats.messages_unconfirmed:
         typer.echo(f"error: {stats.messages_unconfirmed} messages were not acknowledged by the broker", err=True)
         raise typer.Exit(1)

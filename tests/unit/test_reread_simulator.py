@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+import typer
 from hypothesis import given
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
+from headend.cli.simulate import simulate
 from protocols.mqtt_codec import MAX_CONCENTRATOR_PAYLOAD_BYTES, decode_concentrator_batch, decode_meter_reading
 from protocols.mqtt_topics import Topic, TopicKind, parse_topic
 from protocols.readings import MAX_READINGS_PER_BATCH, MeterReading, RelayState
@@ -218,3 +222,16 @@ def test_nothing_held_sends_nothing() -> None:
     assert answers.answer(Topic(TopicKind.CONCENTRATOR_COMMANDS, "DCU2"), command(None), NOW).messages == []
     at_expiry = answers.answer(Topic(TopicKind.METER_COMMANDS, "M0"), command("M0", 0, 1, expires_at=NOW), NOW)
     assert at_expiry.refused is None, "expired only after expires_at"
+
+
+# --- headend simulate ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("days", ["-1", "93"])
+def test_simulate_refuses_a_history_outside_the_reading_window(days: str) -> None:
+    app = typer.Typer()
+    app.command()(simulate)
+    result = CliRunner().invoke(app, ["--history-days", days])
+    assert result.exit_code == 2
+    words = " ".join(re.sub(r"[│╭╮╰╯─]", " ", result.output).split())
+    assert f"{days} is outside 0..92" in words
