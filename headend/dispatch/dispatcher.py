@@ -106,7 +106,7 @@ class Dispatcher:
         assert audit_conn.autocommit, "send audit records must be durable before the send"
         self._conn = conn
         self._audit_conn = audit_conn
-        # one executor per transport (meters.protocol): MQTT here, Modbus adds its own
+        # one executor per transport (meters.protocol); a protocol without one is held
         self._executors = dict(executors) if executors is not None else {"mqtt": sender}
         self._config = config or DispatchConfig()
         self._catalog = catalog or Catalog()
@@ -193,7 +193,7 @@ class Dispatcher:
         return True
 
     def _send(self, cur: Cursor, command: store.Command, now: datetime, inputs: dict[str, Any]) -> bool:
-        cur.execute("SELECT protocol FROM meters WHERE meter_id = %s", (command.meter_id,))
+        cur.execute("SELECT protocol, endpoint FROM meters WHERE meter_id = %s", (command.meter_id,))
         meter = cur.fetchone()
         protocol = "mqtt" if meter is None else str(meter["protocol"])
         executor = self._executors.get(protocol)
@@ -209,7 +209,12 @@ class Dispatcher:
                 )
             return False
         attempt = command.attempts + 1
-        via = f"concentrator {command.concentrator_id}" if command.concentrator_id else "the meter's topic"
+        if command.concentrator_id:
+            via = f"concentrator {command.concentrator_id}"
+        elif meter is None or protocol == "mqtt":
+            via = "the meter's topic"
+        else:
+            via = f"{protocol} at {meter['endpoint']}"
         detail = f"attempt {attempt} via {via}"
         with self._audit_conn.cursor(row_factory=dict_row) as audit_cur:
             store.audit(
@@ -226,7 +231,7 @@ class Dispatcher:
             command.command_id, command.action, command.meter_id, command.issued_at, command.expires_at
         )
         try:
-            executor.send(message, command.concentrator_id)
+            address = executor.send(message, command.concentrator_id)
         except SendError as exc:
             with self._audit_conn.cursor(row_factory=dict_row) as audit_cur:
                 store.audit(
@@ -251,7 +256,7 @@ class Dispatcher:
             CommandState.SENT,
             now,
             actor=DISPATCHER_ACTOR,
-            detail=f"sent {detail}",
+            detail=f"sent {detail}" if protocol == "mqtt" else f"sent {detail}: {address}",
             audited=True,
             attempts=attempt,
             sent_at=command.sent_at or now,

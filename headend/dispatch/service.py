@@ -1,4 +1,7 @@
-"""The dispatcher's loop over the MQTT executor: meter events first (acknowledged after commit), then a step.
+"""The dispatcher's loop over its executors: meter events first (acknowledged after commit), then a step.
+
+MQTT meters are commanded over the broker; Modbus and DL/T 645 meters over the polled executor's links, whose answers
+(read back from the meters) are applied as the MQTT meters' events are.
 
 The loop outlives its dependencies. A failure of the database (a restart, a failover, an administrator's
 pg_terminate_backend) closes both of the dispatcher's connections and opens them again with a doubling pause; the
@@ -25,6 +28,7 @@ from headend.db.engine import connect_utc, libpq_dsn
 from headend.dispatch.dispatcher import DispatchConfig, Dispatcher, DispatchStats
 from headend.dispatch.lifecycle import EventWindow, RetryPolicy
 from headend.dispatch.mqtt_transport import InboundEvent, MqttTransport
+from headend.dispatch.polled_executor import PolledConfig, PolledExecutor
 from headend.dispatch.wake import wake_on_command_requests
 from headend.runtime.status import Status, StatusReporter
 from headend.settings import Settings
@@ -39,6 +43,7 @@ PAUSE_SLICE_S = 0.5  # a pause is waited in slices: a stop request ends it, stat
 # an event whose handling failed with the database's errors this often in a row (the database coming back each
 # time) is refused: whatever it is, it must not hold back the events behind it for ever
 MAX_EVENT_ATTEMPTS = 5
+ONCE_WAIT_S = 60.0  # `--once`: the longest wait for the polled meters' answers to the commands of its step
 # the counters of a status line, with their words
 STATUS_LABELS = {
     "taken": "taken",
@@ -69,6 +74,18 @@ def dispatch_config(settings: Settings) -> DispatchConfig:
             max_age=timedelta(days=settings.dispatch_event_max_age_days),
             answer_skew=timedelta(seconds=settings.dispatch_answer_skew_s),
         ),
+    )
+
+
+def polled_config(settings: Settings) -> PolledConfig:
+    """The polled executor's configuration from settings: the poller's request timeout, the relay control's codes."""
+    return PolledConfig(
+        timeout_s=settings.poll_timeout_s,
+        settle_s=settings.dispatch_relay_settle_s,
+        armed_check_s=settings.dispatch_armed_check_s,
+        dlt645_password=settings.dlt645_relay_password.get_secret_value(),
+        dlt645_password_level=settings.dlt645_password_level,
+        dlt645_operator_code=settings.dlt645_operator_code,
     )
 
 
@@ -172,8 +189,40 @@ def run_dispatcher(settings: Settings, url: str, stop: threading.Event, *, once:
         stack.callback(link.close)
         conn, audit_conn = link.open_first(stack)
         transport = stack.enter_context(MqttTransport(settings, settings.dispatch_client_id))
-        dispatcher = Dispatcher(conn, audit_conn, transport, config=dispatch_config(settings))
-        return _run(settings, url, stop, once, link, dispatcher, transport)
+        polled = stack.enter_context(PolledExecutor(url, polled_config(settings), wake=transport.wake))
+        dispatcher = Dispatcher(
+            conn,
+            audit_conn,
+            transport,
+            executors={"mqtt": transport, "modbus": polled, "dlt645": polled},
+            config=dispatch_config(settings),
+        )
+        return _run(settings, url, stop, once, link, dispatcher, transport, polled)
+
+
+class Pending:
+    """Events received and not yet committed (nor acknowledged), in order, with the attempts at the first."""
+
+    def __init__(self) -> None:
+        self.events: deque[InboundEvent] = deque()
+        self.attempts = 0  # of the first event, each ended by a failure of the database
+
+    def apply(self, dispatcher: Dispatcher, transport: MqttTransport) -> None:
+        """Apply the events in order, each acknowledged once committed; a failure of the database is raised."""
+        while self.events:
+            message = self.events[0]
+            if self.attempts >= MAX_EVENT_ATTEMPTS:
+                dispatcher.refuse_event(
+                    message.topic,
+                    message.payload,
+                    f"could not be applied: the database failed {self.attempts} times while it was handled",
+                )
+            else:
+                self.attempts += 1
+                dispatcher.handle_event(message.topic, message.payload)
+            self.attempts = 0
+            transport.ack(message)  # nothing to acknowledge for a polled meter's answer (QoS 0)
+            self.events.popleft()
 
 
 def _run(
@@ -184,6 +233,7 @@ def _run(
     link: DatabaseLink,
     dispatcher: Dispatcher,
     transport: MqttTransport,
+    polled: PolledExecutor,
 ) -> DispatchStats:
     status = StatusReporter(
         log, "dispatch", settings.status_interval_s, STATUS_LABELS, limited=[dispatcher.refused_event_log]
@@ -208,8 +258,7 @@ def _run(
     )
     if not once:
         listener.start()
-    pending: deque[InboundEvent] = deque()  # received, not yet committed (nor acknowledged)
-    attempts = 0  # of the first pending event, each ended by a failure of the database
+    pending = Pending()
     try:
         while True:
             if link.lost:
@@ -220,22 +269,16 @@ def _run(
                     stop.wait(min(PAUSE_SLICE_S, link.pause_s()))
             else:
                 try:
-                    pending.extend(transport.events(0.0 if once or pending else settings.dispatch_poll_s))
-                    while pending:
-                        message = pending[0]
-                        if attempts >= MAX_EVENT_ATTEMPTS:
-                            dispatcher.refuse_event(
-                                message.topic,
-                                message.payload,
-                                f"could not be applied: the database failed {attempts} times while it was handled",
-                            )
-                        else:
-                            attempts += 1
-                            dispatcher.handle_event(message.topic, message.payload)
-                        attempts = 0
-                        transport.ack(message)
-                        pending.popleft()
+                    wait_s = 0.0 if once or pending.events else settings.dispatch_poll_s
+                    pending.events.extend(transport.events(wait_s))
+                    pending.events.extend(polled.answers())
+                    pending.apply(dispatcher, transport)
                     dispatcher.step()
+                    if once:
+                        # the polled meters' answers come within their requests' timeouts: applied before the end
+                        polled.wait_idle(ONCE_WAIT_S)
+                        pending.events.extend(polled.answers())
+                        pending.apply(dispatcher, transport)
                     link.succeeded()
                 except psycopg.Error as exc:
                     # the database's failure (an event's own fault ends as a dead letter inside handle_event)
