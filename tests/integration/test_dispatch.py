@@ -183,7 +183,9 @@ def loop_for(database_url: str) -> Iterator[Callable[..., Loop]]:
         transport = MqttTransport(_settings(database_url, prefix), f"test-dispatch-{prefix}").__enter__()
         stack.append(transport)
         assert transport.wait_subscribed(10)
-        dispatcher = Dispatcher(conn, audit_conn, transport, config=config, catalog=catalog)
+        # the MQTT executor only; the dispatch worker's Modbus and DL/T 645 executor: test_dispatch_polled.py
+        executors = {"mqtt": transport}
+        dispatcher = Dispatcher(conn, audit_conn, transport, executors=executors, config=config, catalog=catalog)
         return Loop(conn, catalog, dispatcher, transport, responder, prefix)
 
     yield make
@@ -365,11 +367,15 @@ def test_a_meter_behind_a_concentrator_is_commanded_through_it(loop_for: Callabl
     assert loop.responder.relay(loop.meter(1)) is RelayState.OPEN
 
 
-def test_a_meter_of_a_transport_without_an_executor_is_held_not_sent(loop_for: Callable[..., Loop]) -> None:
-    loop = loop_for()
-    loop.exhaust(1, protocol="modbus")
+@pytest.mark.parametrize("protocol", ["modbus", "dlt645"])
+def test_a_meter_of_a_transport_without_an_executor_in_the_dispatcher_is_held_not_sent(
+    loop_for: Callable[..., Loop], protocol: str
+) -> None:
+    loop = loop_for()  # a dispatcher with the MQTT executor only
+    loop.exhaust(1, protocol=protocol)
     loop.until(lambda: [c[2] for c in loop.commands(loop.account(1))] == ["held"], "the disconnect held")
-    assert "no executor for modbus meters" in store.history(loop.conn, loop.requests(loop.account(1))[0])[-1]["detail"]
+    detail = store.history(loop.conn, loop.requests(loop.account(1))[0])[-1]["detail"]
+    assert detail == f"no executor for {protocol} meters in this dispatcher"
     assert loop.responder.counts.commands_received == 0
 
 
