@@ -19,6 +19,7 @@ MIN_SERVICE_PASSWORD_CHARS = 16
 ACCOUNT_FIELDS = (
     "broker_ingest_accounts",
     "broker_dispatch_accounts",
+    "broker_poll_accounts",
     "broker_monitor_accounts",
     "broker_simulator_accounts",
 )
@@ -95,6 +96,13 @@ class Settings(BaseSettings):
     )
     broker_dispatch_password: SecretStr | None = Field(
         default=None, description="`broker-config`: the password of every dispatch account; unset: none is written"
+    )
+    broker_poll_accounts: Accounts = Field(
+        default=("headend-poll",),
+        description="`broker-config`: the broker accounts of poll workers, which send re-reads to MQTT devices",
+    )
+    broker_poll_password: SecretStr | None = Field(
+        default=None, description="`broker-config`: the password of every poll account; unset: none is written"
     )
     broker_monitor_accounts: Accounts = Field(
         default=("headend-monitor",), description="`broker-config`: accounts that may read $SYS (health checks)"
@@ -304,7 +312,11 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "broker_ingest_password", "broker_dispatch_password", "broker_monitor_password", "broker_simulator_password"
+        "broker_ingest_password",
+        "broker_dispatch_password",
+        "broker_poll_password",
+        "broker_monitor_password",
+        "broker_simulator_password",
     )
     @classmethod
     def _service_password(cls, value: SecretStr | None) -> SecretStr | None:

@@ -48,6 +48,7 @@ class Role(StrEnum):
 
     INGEST = "ingest"
     DISPATCH = "dispatch"
+    POLL = "poll"
     MONITOR = "monitor"
     SIMULATOR = "simulator"
 
@@ -58,6 +59,9 @@ SERVICE_RIGHTS: Final[dict[Role, tuple[tuple[str, str], ...]]] = {
     Role.INGEST: tuple(("read", topic) for topic in READINGS_FILTERS),
     # `headend dispatch`: relay commands out, the meters' answers in
     Role.DISPATCH: (("read", EVENTS_FILTER), *(("write", topic) for topic in COMMAND_FILTERS)),
+    # `headend poll`: re-reads (`read_readings`) out to MQTT meters and concentrators; their answers are readings,
+    # which ingest takes
+    Role.POLL: tuple(("write", topic) for topic in COMMAND_FILTERS),
     # health checks and monitoring: the broker's own statistics
     Role.MONITOR: (("read", "$SYS/#"),),
     # a simulated fleet (`headend simulate`): every device's rights, so never in production

@@ -73,6 +73,7 @@ def _accounts() -> BrokerAccounts:
         services=[
             ServiceAccount("headend-ingest", Role.INGEST, hash_password("c")),
             ServiceAccount("headend-dispatch", Role.DISPATCH, hash_password("d")),
+            ServiceAccount("headend-poll", Role.POLL, hash_password("e")),
         ],
         meters_behind={"dcu-1": ["x-1", "x-2"], "dcu-9": ["z-1"]},
     )
@@ -118,14 +119,20 @@ def test_the_acl_gives_each_account_exactly_its_topics() -> None:
         "topic write meters/+/commands",
         "topic write concentrators/+/commands",
     ]
+    # a poll worker sends re-reads and reads nothing: their answers are readings, ingest's
+    assert rules["headend-poll"] == [
+        "topic deny meters/headend-poll/#",
+        "topic write meters/+/commands",
+        "topic write concentrators/+/commands",
+    ]
     # a meter has no block of its own, and a concentrator without credentials none either
-    assert set(rules) == {None, "dcu-1", "headend-ingest", "headend-dispatch"}
+    assert set(rules) == {None, "dcu-1", "headend-ingest", "headend-dispatch", "headend-poll"}
 
 
 def test_the_password_file_holds_every_account_once() -> None:
     lines = [line for line in render_passwd(_accounts()).splitlines() if not line.startswith("#")]
     names = [line.split(":", 1)[0] for line in lines]
-    assert names == ["headend-ingest", "headend-dispatch", "dcu-1", "m-1"]
+    assert names == ["headend-ingest", "headend-dispatch", "headend-poll", "dcu-1", "m-1"]
     assert all(is_password_hash(line.split(":", 1)[1]) for line in lines)
 
 
@@ -142,9 +149,10 @@ def test_service_accounts_come_from_the_settings() -> None:
         ("headend-monitor", Role.MONITOR),
     ]
     assert verify_password("ingest-password-123", accounts[0].password_hash)
-    # the dispatcher is needed and said missing; the simulator's absence is production's normal
-    assert len(missing) == 1
+    # the dispatcher and the poll worker are needed and said missing; the simulator's absence is production's normal
+    assert len(missing) == 2
     assert "HEADEND_BROKER_DISPATCH_PASSWORD" in missing[0]
+    assert "HEADEND_BROKER_POLL_PASSWORD" in missing[1]
 
 
 @pytest.mark.parametrize(
