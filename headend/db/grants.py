@@ -73,16 +73,30 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
     # the registry: written by operators (meters import), read by whoever resolves a meter
     "concentrators": _row(api=READ, reporting=READ, operator=("INSERT",)),
     "meters": _row(ingest=READ, dispatch=READ, api=READ, reporting=READ, operator=("INSERT", "UPDATE")),
-    "controlled_switches": _row(reporting=READ),
+    # field staff register, edit and retire switches through the API (or the command line); every change is audited
+    "controlled_switches": _row(
+        api=(
+            "SELECT",
+            "INSERT",
+            "UPDATE (switch_number, controlled_device, meter_id, location, notes, updated_by, updated_at, "
+            "retired_at, retired_by, retire_reason, commissioning_state)",
+        ),
+        reporting=READ,
+    ),
+    "controlled_switch_changes": _row(api=("SELECT", "INSERT"), reporting=READ),
     # collection: ingest writes, the engine reads what it charges from
     "readings": _row(ingest=("SELECT", "INSERT"), engine=READ, reporting=READ),
     "dead_letters": _row(ingest=("INSERT",), dispatch=("INSERT",), reporting=READ),
     # the poller (the ingest role) appends why a poll failed; the collection report reads it
     "poll_failures": _row(ingest=("INSERT",), api=READ, reporting=READ),
-    "meter_register_state": _row(ingest=("SELECT", "INSERT", "UPDATE"), engine=READ, reporting=READ),
+    # the API's meter search shows when a meter last read
+    "meter_register_state": _row(
+        ingest=("SELECT", "INSERT", "UPDATE"), engine=READ, api=("SELECT (meter_id, last_ts)",), reporting=READ
+    ),
     "collection_daily": _row(ingest=("SELECT", "INSERT", "UPDATE"), reporting=READ),
-    "collection_daily_cagg": _row(reporting=READ),
-    "meter_day_collection": _row(reporting=READ),
+    # the poll worker (ingest) reads a day's collection to freeze its first pass before the day's first re-read
+    "collection_daily_cagg": _row(ingest=READ, reporting=READ),
+    "meter_day_collection": _row(ingest=READ, reporting=READ),
     "reading_batches": _row(ingest=("INSERT",), engine=("SELECT", "DELETE")),
     # re-reads: asked for through the API or the command line, run by the poll worker (the ingest role), which also
     # freezes a day's first-pass collection before its first re-read
@@ -170,6 +184,7 @@ APPEND_ONLY = (
     "payments",
     "dead_letters",
     "poll_failures",
+    "controlled_switch_changes",
 )
 APPEND_ONLY_COLUMN_UPDATES = {"payments": frozenset({"reversed_at", "reversal_reference"})}
 
