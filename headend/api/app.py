@@ -15,7 +15,7 @@ from typing import Any, Final
 from fastapi import APIRouter, FastAPI
 from psycopg_pool import ConnectionPool
 
-from headend.api import accounts, channels, commands, health, payments
+from headend.api import accounts, channels, commands, health, payments, rereads
 from headend.api.db import ApiState, Clock, utc_now
 from headend.api.errors import install_handlers, problems_as_problem_json
 from headend.api.request_guard import RefuseMalformedTargets
@@ -32,6 +32,7 @@ ROUTERS: Final[tuple[APIRouter, ...]] = (
     commands.router,
     commands.alarms_router,
     commands.meters_router,
+    rereads.router,
 )
 TAGS: Final = [
     {"name": "health", "description": "Liveness; no authentication."},
@@ -44,6 +45,10 @@ TAGS: Final = [
     {"name": "commands", "description": "Relay commands (disconnect, reconnect, relay read): history, approval."},
     {"name": "alarms", "description": "Relay alarms: relays not where they should be; resolved after a site visit."},
     {"name": "meters", "description": "Meters' last reported relay positions."},
+    {
+        "name": "rereads",
+        "description": "Re-reads (补抄): ask meters again for the load points they missed, follow them.",
+    },
 ]
 DESCRIPTION: Final = """\
 The head-end's HTTP API: payment intake from channels (HMAC-signed callbacks, idempotent by channel
