@@ -1,4 +1,4 @@
-"""`headend collection-report`: how completely the fleet was read on a day."""
+"""`headend collection-report`: how completely the fleet was read on a day, at the first pass and after re-reads."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def collection_report_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     unread_limit: Annotated[int, typer.Option(min=0, help="How many unread meters to list.")] = 50,
 ) -> None:
-    """Collection success for a day: meters expected, read, with all 96 intervals, rate, worst first."""
+    """Collection success for a day: meters expected, read, with all 96 intervals, rate, worst first; for a re-read
+    day its first pass beside it; unread polled meters with their last failed poll."""
     from headend.reports.collection import collection_report, format_report
 
     report_day = local_day(day)
