@@ -81,15 +81,21 @@ def require_roles(*roles: Role) -> Callable[..., Principal]:
 
 async def raw_body(request: Request) -> bytes:
     """The request body as sent (signatures are over these bytes); 413 beyond MAX_BODY_BYTES."""
+    return await body_within(request, MAX_BODY_BYTES)
+
+
+async def body_within(request: Request, limit_bytes: int) -> bytes:
+    """The request body as sent, read no further than `limit_bytes` (413 beyond)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise ProblemError(413, f"the body may be at most {MAX_BODY_BYTES} bytes")
+    too_large = f"the body may be at most {limit_bytes} bytes"
+    if declared.isdigit() and int(declared) > limit_bytes:
+        raise ProblemError(413, too_large)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise ProblemError(413, f"the body may be at most {MAX_BODY_BYTES} bytes")
+        if size > limit_bytes:
+            raise ProblemError(413, too_large)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from headend.api.auth import require_roles
+from headend.api.auth import body_within, require_roles
 from headend.api.credentials import Principal, Role
 from headend.api.db import Conn, State
 from headend.api.errors import FieldError, ProblemError, problem_descriptions, problem_responses
@@ -162,21 +162,7 @@ class RereadTaskPage(BaseModel):
 
 async def reread_body(request: Request) -> bytes:
     """The request body as sent; 413 beyond MAX_BODY_BYTES (a list of meters is larger than other bodies)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large() -> ProblemError:
-    return ProblemError(413, f"the body may be at most {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+    return await body_within(request, MAX_BODY_BYTES)
 
 
 def _parse(body: bytes) -> RereadIn:
