@@ -29,12 +29,13 @@ _SIGNATURE_PATTERN: Final = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
 
 class Role(StrEnum):
-    """What a principal may do; admin may do everything."""
+    """What a principal may do; admin may do everything, viewer only reads (migration 0023)."""
 
     OPERATOR = "operator"
     FIELD_STAFF = "field_staff"
     CHANNEL = "channel"
     ADMIN = "admin"
+    VIEWER = "viewer"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 DEFAULT_REGISTER_MAX_WH = 999_999_990  # DL/T 645 energy registers hold XXXXXX.XX kWh
@@ -76,7 +77,7 @@ class Meter(Base):
 
 
 class ControlledSwitch(Base):
-    """A customer's controlled switch (接控开关) registered by field staff; commissioning comes later."""
+    """A customer's controlled switch (接控开关) registered by field staff; retired switches keep their row."""
 
     __tablename__ = "controlled_switches"
     __table_args__ = (
@@ -84,16 +85,43 @@ class ControlledSwitch(Base):
             "commissioning_state IN ('registered', 'testing', 'commissioned', 'failed', 'decommissioned')",
             name="controlled_switches_state",
         ),
+        # migration 0023: one switch in service per number; a retired switch's number may be given again
+        Index(
+            "controlled_switches_number_in_service",
+            "switch_number",
+            unique=True,
+            postgresql_where=text("retired_at IS NULL"),
+        ),
     )
 
     switch_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    switch_number: Mapped[str] = mapped_column(Text, unique=True)
+    switch_number: Mapped[str] = mapped_column(Text)
     controlled_device: Mapped[str] = mapped_column(Text)
     meter_id: Mapped[str] = mapped_column(ForeignKey("meters.meter_id"), index=True)
     location: Mapped[str | None] = mapped_column(Text)
+    notes: Mapped[str | None] = mapped_column(Text)
     registered_by: Mapped[str] = mapped_column(Text)
     registered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_by: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_by: Mapped[str | None] = mapped_column(Text)
+    retire_reason: Mapped[str | None] = mapped_column(Text)
     commissioning_state: Mapped[str] = mapped_column(Text, server_default="registered")
+
+
+class ControlledSwitchChange(Base):
+    """One change of a controlled switch, appended and never changed: who, when, what, each field before and after."""
+
+    __tablename__ = "controlled_switch_changes"
+
+    change_id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    switch_id: Mapped[int] = mapped_column(ForeignKey("controlled_switches.switch_id"))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(Text)  # registered, edited, retired, commissioning
+    changes: Mapped[dict[str, object]] = mapped_column(JSONB)  # {"field": {"from": …, "to": …}}
+    detail: Mapped[str | None] = mapped_column(Text)
 
 
 class Reading(Base):
