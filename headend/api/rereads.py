@@ -24,6 +24,7 @@ from headend.reread.tasks import MAX_METERS, RereadError, RereadTask
 router = APIRouter(prefix="/v1/rereads", tags=["rereads"])
 
 Operator = Annotated[Principal, Depends(require_roles(Role.OPERATOR))]
+Reader = Annotated[Principal, Depends(require_roles(Role.OPERATOR, Role.VIEWER))]
 TaskPath = Annotated[str, Path(max_length=64, description="The task's id.", examples=["rr-3f9a0c2e71d84b5e9a10"])]
 
 # a list of 100,000 meter ids of 32 characters is ~3.5 MB as compact JSON: room for it written out line by line
@@ -242,14 +243,15 @@ def request_reread(
 @router.get(
     "",
     summary="List the latest re-reads",
-    description="Re-read tasks newest first (by `requested_at`), without their meters. Roles: operator, admin.",
+    description="Re-read tasks newest first (by `requested_at`), without their meters. Roles: operator, viewer, "
+    "admin.",
     response_model=RereadTaskPage,
     response_description="The latest tasks, newest first.",
     responses=problem_responses(401, 403, 422, 503),
 )
 def list_rereads(
     conn: Conn,
-    principal: Operator,
+    principal: Reader,
     limit: Annotated[int, Query(ge=1, le=500, description="How many tasks.")] = 50,
 ) -> dict[str, Any]:
     """The latest tasks, newest first."""
@@ -260,7 +262,7 @@ def list_rereads(
     "/{task_id}",
     summary="Read a re-read with its meters",
     description="The task and each of its meters: how it is asked, its state, the load points it missed and "
-    "recovered. Roles: operator, admin.",
+    "recovered. Roles: operator, viewer, admin.",
     response_model=RereadTaskOut,
     response_description="The task and its meters.",
     responses={
@@ -268,7 +270,7 @@ def list_rereads(
         **problem_descriptions({404: "No such task.", 422: "The task id is not valid (longer than 64 characters)."}),
     },
 )
-def read_reread(task_id: TaskPath, conn: Conn, principal: Operator) -> dict[str, Any]:
+def read_reread(task_id: TaskPath, conn: Conn, principal: Reader) -> dict[str, Any]:
     """One task with its meters."""
     task = tasks.load_task(conn, task_id)
     if task is None:

@@ -72,6 +72,7 @@ def api(migrated: MigratedDatabase, db: Conn) -> Iterator[Api]:
     for name, role in (
         ("ops", Role.OPERATOR),
         ("field", Role.FIELD_STAFF),
+        ("watcher", Role.VIEWER),
         ("root", Role.ADMIN),
         ("wechat", Role.CHANNEL),
     ):
@@ -258,7 +259,7 @@ def test_operators_and_admins_may_ask_and_read_others_may_not(api: Api) -> None:
     unknown = api.client.post("/v1/rereads", json=body, headers={"Authorization": "Bearer not-a-token"})
     assert unknown.status_code == 401
     assert 'error="invalid_token"' in unknown.headers["www-authenticate"]
-    for who in ("field", "wechat"):
+    for who in ("field", "wechat", "watcher"):
         forbidden = api.post(body, who=who)
         assert forbidden.status_code == 403, who
         assert forbidden.json()["type"] == "urn:headend:problem:forbidden"
@@ -271,7 +272,7 @@ def test_operators_and_admins_may_ask_and_read_others_may_not(api: Api) -> None:
         assert api.get(url, who=None).status_code == 401, url
         for who in ("field", "wechat"):
             assert api.get(url, who=who).status_code == 403, (url, who)
-        for who in ("ops", "root"):
+        for who in ("ops", "root", "watcher"):  # a viewer reads, and may not ask
             assert api.get(url, who=who).status_code == 200, (url, who)
 
 
