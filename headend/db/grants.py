@@ -84,8 +84,9 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
         reporting=READ,
     ),
     "controlled_switch_changes": _row(api=("SELECT", "INSERT"), reporting=READ),
-    # collection: ingest writes, the engine reads what it charges from
-    "readings": _row(ingest=("SELECT", "INSERT"), engine=READ, reporting=READ),
+    # collection: ingest writes, the engine reads what it charges from; the console (served by the API) shows the
+    # collection report, which aggregates a day from readings where TimescaleDB's aggregate may not be refreshed by it
+    "readings": _row(ingest=("SELECT", "INSERT"), engine=READ, api=READ, reporting=READ),
     "dead_letters": _row(ingest=("INSERT",), dispatch=("INSERT",), reporting=READ),
     # the poller (the ingest role) appends why a poll failed; the collection report reads it
     "poll_failures": _row(ingest=("INSERT",), api=READ, reporting=READ),
@@ -93,10 +94,10 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
     "meter_register_state": _row(
         ingest=("SELECT", "INSERT", "UPDATE"), engine=READ, api=("SELECT (meter_id, last_ts)",), reporting=READ
     ),
-    "collection_daily": _row(ingest=("SELECT", "INSERT", "UPDATE"), reporting=READ),
+    "collection_daily": _row(ingest=("SELECT", "INSERT", "UPDATE"), api=READ, reporting=READ),
     # the poll worker (ingest) reads a day's collection to freeze its first pass before the day's first re-read
-    "collection_daily_cagg": _row(ingest=READ, reporting=READ),
-    "meter_day_collection": _row(ingest=READ, reporting=READ),
+    "collection_daily_cagg": _row(ingest=READ, api=READ, reporting=READ),
+    "meter_day_collection": _row(ingest=READ, api=READ, reporting=READ),
     "reading_batches": _row(ingest=("INSERT",), engine=("SELECT", "DELETE")),
     # re-reads: asked for through the API or the command line, run by the poll worker (the ingest role), which also
     # freezes a day's first-pass collection before its first re-read
@@ -158,6 +159,21 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
         ),
     ),
     "device_credentials": _row(operator=("SELECT", "INSERT", "UPDATE (ended_at, ended_by, end_reason)")),
+    # the console's people (`headend user`): the API signs them in and keeps their sessions; operators create, disable
+    # and reset them (ending their sessions through the API's rights they inherit); the attempts are appended only
+    "console_users": _row(
+        api=(
+            "SELECT (user_id, name, role, password_hash, disabled_at, failed_attempts, locked_until)",
+            "UPDATE (failed_attempts, locked_until)",
+        ),
+        operator=(
+            "SELECT",
+            "INSERT",
+            "UPDATE (password_hash, password_changed_at, disabled_at, failed_attempts, locked_until)",
+        ),
+    ),
+    "console_sessions": _row(api=("SELECT", "INSERT", "UPDATE (last_seen_at, ended_at, end_reason)")),
+    "console_sign_ins": _row(api=("INSERT",)),
 }
 
 # Sequences some role uses by name (an identity column's own needs no grant to insert): USAGE allows nextval.
@@ -185,6 +201,7 @@ APPEND_ONLY = (
     "dead_letters",
     "poll_failures",
     "controlled_switch_changes",
+    "console_sign_ins",
 )
 APPEND_ONLY_COLUMN_UPDATES = {"payments": frozenset({"reversed_at", "reversal_reference"})}
 

@@ -71,6 +71,7 @@ def test_the_statements_strip_every_role_then_grant_the_map() -> None:
         f"REVOKE ALL ON TABLE readings FROM {everyone}",
         "GRANT SELECT, INSERT ON TABLE readings TO headend_ingest",
         "GRANT SELECT ON TABLE readings TO headend_engine",
+        "GRANT SELECT ON TABLE readings TO headend_api",
         "GRANT SELECT ON TABLE readings TO headend_reporting",
         f"REVOKE ALL ON TABLE api_principals FROM {everyone}",
         "GRANT SELECT (name, role, token_sha256, revoked_at) ON TABLE api_principals TO headend_api",
