@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 FLUSH_READINGS = 500
 FLUSH_EVERY_S = 1.0
 DB_RETRY_MAX_S = 30.0
+CLOCK_CHECK_S = 0.5  # the longest real pause between looks at the clock while a load point is awaited
 T = TypeVar("T")
+OnRound = Callable[[datetime, RoundTotals], None]
 
 
 def poll_config(settings: Settings) -> PollConfig:
@@ -146,12 +148,23 @@ async def run_poller(
     meter_ids: list[str] | None = None,
     clock: Clock = lambda: datetime.now(UTC),
     requester: ReadingsRequester | None = None,
+    clock_check_s: float = CLOCK_CHECK_S,
+    on_round: OnRound | None = None,
+    totals: PollTotals | None = None,  # counted into as the poller goes, for its metrics to read
 ) -> PollTotals:
     """Poll until `stop` is set: a round at every load point, DL/T 645 freezes caught up after each local midnight,
-    re-reads run as they are asked for; with `once`, one round now and return."""
+    re-reads run as they are asked for; with `once`, one round now and return.
+
+    `clock_check_s` is the longest real pause between looks at `clock` while the next load point is awaited: a
+    simulated clock that runs faster than real time needs a short one, or its load points pass unseen. `on_round`
+    is called on the poller's event loop (it must not block) with each round's load point and totals once the
+    round is over: its readings and failures stored, the freezes caught up, the next load point chosen (the first
+    after the round's, unless the clock has passed it already). A clock that stands on a load point has not passed
+    it: the round is due (when the poller starts, or after a round, as with a simulated clock moved in steps)."""
+    assert clock_check_s > 0
     zone = ZoneInfo(settings.timezone)
     interval = timedelta(seconds=settings.poll_interval_s)
-    totals = PollTotals()
+    totals = PollTotals() if totals is None else totals
     store = PollStore(database_url, settings)
     poller = Poller(poll_config(settings), clock)
     # re-reads ask on links of their own: a link is one request at a time, and the rounds go on meanwhile
@@ -164,14 +177,13 @@ async def run_poller(
         runner = RereadRunner(reread_store, reread_poller, requester, reread_config(settings), db, clock)
         rereads = None if once else asyncio.create_task(_run_rereads(runner, settings, stop, totals))
         caught_up = False
+        due = None if once else _load_point_at_or_after(clock(), interval, zone)
         try:
             while not stop.is_set():
-                now = clock()
-                if once:
-                    load_point = load_point_at_or_before(now, interval, zone)
+                if due is None:
+                    load_point = load_point_at_or_before(clock(), interval, zone)
                 else:
-                    due = next_load_point(now, interval, zone)
-                    if not await _sleep_until(due, clock, stop):
+                    if not await sleep_until(due, clock, stop, clock_check_s):
                         break
                     load_point = due
                 meters = await on_database(executor, stop, store.polled_meters, meter_ids)
@@ -187,6 +199,8 @@ async def run_poller(
                     result.summary(),
                 )
                 if once:
+                    if on_round is not None:
+                        on_round(load_point, result)
                     break
                 if not caught_up or load_point.astimezone(zone).time() == time(0):
                     caught_up = True
@@ -203,8 +217,13 @@ async def run_poller(
                     totals.frozen += frozen
                     if frozen:
                         log.info("daily freezes caught up: %d midnight reading(s) stored", frozen)
-                if clock() >= next_load_point(load_point, interval, zone):
+                due = next_load_point(load_point, interval, zone)
+                now = clock()
+                if now > due:
                     log.warning("the round at %s outlasted its interval: load points were missed", load_point)
+                    due = _load_point_at_or_after(now, interval, zone)
+                if on_round is not None:
+                    on_round(load_point, result)
         finally:
             if rereads is not None:
                 rereads.cancel()
@@ -215,6 +234,13 @@ async def run_poller(
             await loop.run_in_executor(executor, store.close)
             await loop.run_in_executor(executor, reread_store.close)
     return totals
+
+
+def _load_point_at_or_after(now: datetime, interval: timedelta, zone: ZoneInfo) -> datetime:
+    """The first load point at or after `now`: a clock standing on a load point (a simulated clock moved in steps,
+    from one to the next) has not passed it, and its round is due now."""
+    point = load_point_at_or_before(now, interval, zone)
+    return point if point == now else next_load_point(now, interval, zone)
 
 
 def reread_config(settings: Settings) -> RereadConfig:
@@ -236,11 +262,12 @@ async def _run_rereads(runner: RereadRunner, settings: Settings, stop: threading
         await asyncio.sleep(settings.reread_check_s)
 
 
-async def _sleep_until(due: datetime, clock: Clock, stop: threading.Event) -> bool:
-    """Wait until `due`; False when stopped first. Checks the stop event at least every half second."""
+async def sleep_until(due: datetime, clock: Clock, stop: threading.Event, check_s: float = CLOCK_CHECK_S) -> bool:
+    """Wait until `clock` reaches `due`; False when stopped first. Looks at the clock and the stop event at least
+    every `check_s` real seconds (the time left by `clock` is real time only if it runs at real speed)."""
     while not stop.is_set():
         remaining = (due - clock()).total_seconds()
         if remaining <= 0:
             return True
-        await asyncio.sleep(min(remaining, 0.5))
+        await asyncio.sleep(min(remaining, check_s))
     return False
