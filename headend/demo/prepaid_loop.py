@@ -1,13 +1,16 @@
 """The prepaid loop of `headend demo`: accounts on simulated meters, the engine, the dispatcher, and the story told.
 
 The simulated fleet itself is `headend/demo/run.py`'s (the one module of `headend` that may import `simulators`): it
-describes its meters as `DemoMeter`s and hands over the simulated meters that obey relay commands.
+describes its meters as `DemoMeter`s and hands over the simulated meters that obey relay commands. The polled meters'
+accounts are another part of the story (`headend/demo/polled_story.py`), told by the same loop, charged by the same
+engine and commanded by the same dispatcher.
 
 Two clocks, on purpose. The fleet reports a past day faster than real time, so the engine runs on simulated
 time (`SimulatedNow`, the instant the fleet has reported up to): charges, notices, decisions and the demo's
 payments are dated within the simulated day, in step with the readings. The dispatcher and the simulated meters
 run on the wall clock: a meter checks a command's `expires_at` against its own real clock, so a command stamped
-with simulated time (a day ago) would arrive expired.
+with simulated time (a day ago) would arrive expired. The polled meters meter on simulated time (they are read at its
+load points); a DL/T 645 meter's own clock is then a day behind, and a command's wall-clock valid-until still to come.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -62,7 +65,7 @@ DEMO_POLICY: Final = PolicyConfig(
     notice_period=timedelta(0),
     friendly=FriendlyCreditWindows(None, None, weekends=False, public_holidays=False, eve_of_public_holidays=False),
 )
-_OPEN_STATES: Final = ("created", "held", "sent", "acknowledged")
+OPEN_STATES: Final = ("created", "held", "sent", "acknowledged")
 
 
 def yuan(fen: int) -> str:
@@ -208,16 +211,125 @@ def dispatch_settings(settings: Settings) -> Settings:
             "dispatch_retry_first_s": 2.0,
             "dispatch_retry_cap_s": 10.0,
             "dispatch_poll_s": 0.1,
+            # the armed (合闸允许) polled meters' relays read often: the simulated customer presses at once
+            "dispatch_armed_check_s": 0.5,
         }
     )
 
 
 @dataclass(frozen=True, slots=True)
-class _Reading:
+class Reading:
+    """A stored reading as the story tells it: when, the relay, the power, the energy of the interval before."""
+
     ts: datetime
     relay: str | None
     power_w: int | None
     used_wh: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandStep:
+    """One audit record of a command of a demo account, as read."""
+
+    account_id: str
+    action: str
+    meter_id: str
+    state: str
+    detail: str
+
+
+class Narrator:
+    """Tells what happened to some demo accounts, read from the database: their notices and their commands' steps."""
+
+    def __init__(self, conn: Connection, ids: Sequence[str], now: SimulatedNow, zone: ZoneInfo, echo: Echo) -> None:
+        self.conn = conn
+        self.ids = list(ids)
+        self.now = now
+        self.zone = zone
+        self.echo = echo
+        self._notices: set[str] = set()
+        self._audit: set[int] = set()
+
+    def say(self, account_id: str, text: str) -> None:
+        """One line of the story, at the simulated time now."""
+        self.echo(f"  {self.now().astimezone(self.zone):%a %H:%M}  {account_id}  {text}")
+
+    def tell_notices(self) -> None:
+        """Tell the warnings and zero-balance notices not told yet."""
+        rows = self.conn.execute(
+            "SELECT request_id, account_id, threshold_fen, balance_fen FROM notification_outbox "
+            "WHERE account_id = ANY(%s) ORDER BY created_at, request_id",
+            (self.ids,),
+        ).fetchall()
+        for request_id, account_id, threshold_fen, balance_fen in rows:
+            if request_id in self._notices:
+                continue
+            self._notices.add(request_id)
+            if threshold_fen is None:
+                self.say(account_id, f"zero-balance notice sent: balance {yuan(balance_fen)}")
+            else:
+                self.say(account_id, f"low-balance warning sent: balance {yuan(balance_fen)} ≤ {yuan(threshold_fen)}")
+
+    def tell_commands(self, text: Callable[[CommandStep, str, Any], str | None] | None = None) -> list[CommandStep]:
+        """Tell the commands' steps not told yet (`text` may word a step otherwise, given its actor and inputs)."""
+        rows = self.conn.execute(
+            "SELECT a.seq, c.account_id, c.action, c.meter_id, a.to_state, a.actor, a.detail, a.inputs "
+            "FROM command_audit a JOIN commands c USING (command_id) WHERE c.account_id = ANY(%s) ORDER BY a.seq",
+            (self.ids,),
+        ).fetchall()
+        steps = []
+        for seq, account_id, action, meter_id, state, actor, detail, inputs in rows:
+            if seq in self._audit:
+                continue
+            self._audit.add(seq)
+            step = CommandStep(account_id, action, meter_id, state, detail)
+            worded = None if text is None else text(step, actor, inputs)
+            worded = worded or command_text(action, meter_id, state, actor, detail, inputs)
+            if worded is not None:
+                self.say(account_id, worded)
+            steps.append(step)
+        return steps
+
+    def reading_after(self, meter_id: str, after: datetime) -> Reading | None:
+        """The meter's first reading stamped after `after`, with the energy used since the one before it."""
+        row = self.conn.execute(
+            "SELECT ts, relay_state, power_w, energy_import_wh FROM readings WHERE meter_id = %s AND ts > %s "
+            "ORDER BY ts LIMIT 1",
+            (meter_id, after),
+        ).fetchone()
+        if row is None:
+            return None
+        before = self.conn.execute(
+            "SELECT energy_import_wh FROM readings WHERE meter_id = %s AND ts < %s ORDER BY ts DESC LIMIT 1",
+            (meter_id, row[0]),
+        ).fetchone()
+        used = None if before is None else int(row[3]) - int(before[0])
+        return Reading(row[0], row[1], row[2], used)
+
+    def pay(self, catalog: Catalog, account_id: str, channel: str) -> None:
+        """The customer pays the arrears and PAYMENT_FEN through `channel` (simulated), at the simulated time now."""
+        at = self.now()
+        [(_, balance, _)] = balances_of(self.conn, [account_id])
+        amount = payment_fen(balance)
+        top_up = TopUp(channel, f"pay-{account_id}", account_id, amount, at)
+        result = pay(self.conn, catalog, top_up, now=at, received_by=ACTOR)
+        after = result.outcome.balances.prepaid_fen if isinstance(result.outcome, ToppedUp) else None
+        then = "" if after is None else f" → balance {yuan(after)}"
+        self.say(account_id, f"payment {yuan(amount)} credited (simulated, channel {channel}){then}")
+
+    def commands_open(self) -> int:
+        """How many commands of the accounts are still under way."""
+        row = self.conn.execute(
+            "SELECT count(*) FROM commands WHERE account_id = ANY(%s) AND state = ANY(%s)",
+            (self.ids, list(OPEN_STATES)),
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def balances(self, label: str) -> str:
+        """One line with every account's balance now."""
+        parts = [f"{a} {yuan(b)}" for a, b, _ in balances_of(self.conn, self.ids)]
+        return f"  {label} at {self.now().astimezone(self.zone):%a %H:%M}: {' · '.join(parts)}"
 
 
 @dataclass
@@ -230,10 +342,12 @@ class Story:
     now: SimulatedNow
     zone: ZoneInfo
     echo: Echo
-    _notices: set[str] = field(default_factory=set, init=False)
-    _audit: set[int] = field(default_factory=set, init=False)
+    _narrator: Narrator = field(init=False)
     _cuts: list[tuple[DemoAccount, datetime]] = field(default_factory=list, init=False)
     _paid: DemoAccount | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._narrator = Narrator(self.conn, [a.account_id for a in self.accounts], self.now, self.zone, self.echo)
 
     @property
     def ids(self) -> list[str]:
@@ -242,44 +356,12 @@ class Story:
 
     def poll(self) -> None:
         """Tell what happened since the last poll; pay for an account cut off once its meter shows it."""
-        self._tell_notices()
-        self._tell_commands()
-        self._pay_when_cut()
-
-    def _say(self, account_id: str, text: str) -> None:
-        self.echo(f"  {self.now().astimezone(self.zone):%a %H:%M}  {account_id}  {text}")
-
-    def _tell_notices(self) -> None:
-        rows = self.conn.execute(
-            "SELECT request_id, account_id, threshold_fen, balance_fen FROM notification_outbox "
-            "WHERE account_id = ANY(%s) ORDER BY created_at, request_id",
-            (self.ids,),
-        ).fetchall()
-        for request_id, account_id, threshold_fen, balance_fen in rows:
-            if request_id in self._notices:
-                continue
-            self._notices.add(request_id)
-            if threshold_fen is None:
-                self._say(account_id, f"zero-balance notice sent: balance {yuan(balance_fen)}")
-            else:
-                self._say(account_id, f"low-balance warning sent: balance {yuan(balance_fen)} ≤ {yuan(threshold_fen)}")
-
-    def _tell_commands(self) -> None:
-        rows = self.conn.execute(
-            "SELECT a.seq, c.account_id, c.action, c.meter_id, a.to_state, a.actor, a.detail, a.inputs "
-            "FROM command_audit a JOIN commands c USING (command_id) WHERE c.account_id = ANY(%s) ORDER BY a.seq",
-            (self.ids,),
-        ).fetchall()
-        for seq, account_id, action, meter_id, state, actor, detail, inputs in rows:
-            if seq in self._audit:
-                continue
-            self._audit.add(seq)
-            text = _command_text(action, meter_id, state, actor, detail, inputs)
-            if text is not None:
-                self._say(account_id, text)
-            if action == "disconnect" and state == "confirmed":
-                account = next(a for a in self.accounts if a.account_id == account_id)
+        self._narrator.tell_notices()
+        for step in self._narrator.tell_commands():
+            if step.action == "disconnect" and step.state == "confirmed":
+                account = next(a for a in self.accounts if a.account_id == step.account_id)
                 self._cuts.append((account, self.now()))
+        self._pay_when_cut()
 
     def _payee(self) -> tuple[DemoAccount, datetime] | None:
         """The first account cut off on a direct meter (its readings show the relay), else, at the end, any."""
@@ -293,56 +375,26 @@ class Story:
             return
         account, cut_at = payee
         # a reading stamped two intervals after the confirmation was certainly made with the relay open
-        reading = self._reading_after(account.meter.meter_id, cut_at + INTERVAL)
+        reading = self._narrator.reading_after(account.meter.meter_id, cut_at + INTERVAL)
         if reading is None and not self.now.final:
             return
         if reading is not None:
-            self._say(account.account_id, _reading_text(account.meter.meter_id, reading, self.zone))
-        self._pay(account)
-
-    def _reading_after(self, meter_id: str, after: datetime) -> _Reading | None:
-        row = self.conn.execute(
-            "SELECT ts, relay_state, power_w, energy_import_wh FROM readings WHERE meter_id = %s AND ts > %s "
-            "ORDER BY ts LIMIT 1",
-            (meter_id, after),
-        ).fetchone()
-        if row is None:
-            return None
-        before = self.conn.execute(
-            "SELECT energy_import_wh FROM readings WHERE meter_id = %s AND ts < %s ORDER BY ts DESC LIMIT 1",
-            (meter_id, row[0]),
-        ).fetchone()
-        used = None if before is None else int(row[3]) - int(before[0])
-        return _Reading(row[0], row[1], row[2], used)
-
-    def _pay(self, account: DemoAccount) -> None:
+            self._narrator.say(account.account_id, reading_text(account.meter.meter_id, reading, self.zone))
         self._paid = account
-        at = self.now()
-        [(_, balance, _)] = _balances(self.conn, [account.account_id])
-        amount = payment_fen(balance)
-        top_up = TopUp(CHANNEL, f"pay-{account.account_id}", account.account_id, amount, at)
-        result = pay(self.conn, self.catalog, top_up, now=at, received_by=ACTOR)
-        after = result.outcome.balances.prepaid_fen if isinstance(result.outcome, ToppedUp) else None
-        then = "" if after is None else f" → balance {yuan(after)}"
-        self._say(account.account_id, f"payment {yuan(amount)} credited (simulated, channel {CHANNEL}){then}")
+        self._narrator.pay(self.catalog, account.account_id, CHANNEL)
 
     def settled(self) -> bool:
         """Whether no command of a demo account is still under way and the payment, if due, is made."""
         if self._cuts and self._paid is None:
             return False
-        row = self.conn.execute(
-            "SELECT count(*) FROM commands WHERE account_id = ANY(%s) AND state = ANY(%s)",
-            (self.ids, list(_OPEN_STATES)),
-        ).fetchone()
-        return row is not None and int(row[0]) == 0
+        return self._narrator.commands_open() == 0
 
     def balances(self) -> str:
         """One line with every demo account's balance now."""
-        parts = [f"{a} {yuan(b)}" for a, b, _ in _balances(self.conn, self.ids)]
-        return f"  balances at {self.now().astimezone(self.zone):%a %H:%M}: {' · '.join(parts)}"
+        return self._narrator.balances("balances")
 
 
-def _command_text(action: str, meter_id: str, state: str, actor: str, detail: str, inputs: Any) -> str | None:
+def command_text(action: str, meter_id: str, state: str, actor: str, detail: str, inputs: Any) -> str | None:
     """What one audit record of a command means to an operator (None: not worth a line)."""
     if state == "created":
         reasons = [r["text"] for r in (inputs or {}).get("reasons") or [] if isinstance(r, dict) and "text" in r]
@@ -359,15 +411,15 @@ def _command_text(action: str, meter_id: str, state: str, actor: str, detail: st
     return f"{action} {state}: {detail}"
 
 
-def _reading_text(meter_id: str, reading: _Reading, zone: ZoneInfo) -> str:
-    """A reading of a cut-off meter, as proof that it meters nothing."""
+def reading_text(meter_id: str, reading: Reading, zone: ZoneInfo) -> str:
+    """A reading as the story tells it: the relay (a cut-off meter's proof that it meters nothing), power, energy."""
     relay = f"relay {reading.relay}" if reading.relay else "relay not reported (via its concentrator)"
     power = "" if reading.power_w is None else f", {reading.power_w} W"
     used = "" if reading.used_wh is None else f", {reading.used_wh} Wh used in the interval before"
     return f"meter {meter_id} reading at {reading.ts.astimezone(zone):%H:%M}: {relay}{power}{used}"
 
 
-def _balances(conn: Connection, account_ids: Sequence[str]) -> list[tuple[str, int, str]]:
+def balances_of(conn: Connection, account_ids: Sequence[str]) -> list[tuple[str, int, str]]:
     """Each account's balance in fen and its supply state."""
     supply = dict(
         conn.execute(
@@ -412,17 +464,44 @@ def summary_lines(conn: Connection, accounts: Sequence[DemoAccount]) -> list[str
         f"  disconnects confirmed : {confirmed.get('disconnect', 0)}",
         f"  payments              : {paid[0]} ({yuan(int(paid[1]))}, channel {CHANNEL})",
         f"  reconnects confirmed  : {confirmed.get('reconnect', 0)}",
-        *(f"    {a:<22}{yuan(b):>9}  {s}" for a, b, s in _balances(conn, ids)),
+        *(f"    {a:<22}{yuan(b):>9}  {s}" for a, b, s in balances_of(conn, ids)),
         "  ledger                : "
         + ("every invariant holds" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems)),
     ]
+
+
+class StoryPart(Protocol):
+    """Another part of the story, told beside the MQTT accounts' (the polled meters')."""
+
+    def poll(self) -> None:
+        """Tell what happened since the last poll; take the part's next step when due."""
+
+    def settled(self) -> bool:
+        """Whether the part's story is over and no command of it is under way."""
+
+    def balances(self) -> str:
+        """One line with the part's balances now."""
+
+    def summary_lines(self) -> list[str]:
+        """The part's outcome."""
+
+
+# opens the part's accounts and introduces them, given the connection, the catalog, the tariff and the engine's clock
+OpenPart = Callable[[Connection, Catalog, str, SimulatedNow], StoryPart | None]
 
 
 class PrepaidLoop:
     """The demo's prepaid side on the running fleet: accounts, engine, dispatcher, obeying meters, the story."""
 
     def __init__(
-        self, settings: Settings, url: str, candidates: Sequence[DemoMeter], obey: Obey, start: datetime, echo: Echo
+        self,
+        settings: Settings,
+        url: str,
+        candidates: Sequence[DemoMeter],
+        obey: Obey,
+        start: datetime,
+        echo: Echo,
+        more: OpenPart | None = None,
     ) -> None:
         self.now = SimulatedNow(start)
         self.accounts: list[DemoAccount] = []
@@ -437,6 +516,8 @@ class PrepaidLoop:
         self._failures: list[str] = []
         self._stack = contextlib.ExitStack()
         self._story: Story | None = None
+        self._more = more
+        self._part: StoryPart | None = None
 
     def __enter__(self) -> PrepaidLoop:
         try:
@@ -458,7 +539,9 @@ class PrepaidLoop:
         self.accounts = open_demo_accounts(conn, catalog, tariff_code, meters, start, self._settings.zone)
         self._story = Story(conn, catalog, self.accounts, self.now, self._settings.zone, self._echo)
         self._introduce(tariff_code)
-        if not self.accounts:
+        if self._more is not None:
+            self._part = self._more(conn, catalog, tariff_code, self.now)
+        if not self.accounts and self._part is None:
             return
         self._stack.enter_context(self._obey())
         self._stack.callback(self._stop_threads)
@@ -539,21 +622,27 @@ class PrepaidLoop:
             raise RuntimeError("; ".join(self._failures))
         if self._story is not None and self.accounts:
             self._story.poll()
+        if self._part is not None:
+            self._part.poll()
 
-    def balances(self) -> str | None:
-        """The balances line, when there are demo accounts."""
-        return self._story.balances() if self._story is not None and self.accounts else None
+    def balances(self) -> list[str]:
+        """The balances lines of the demo accounts, the MQTT meters' and the other part's."""
+        lines = [self._story.balances()] if self._story is not None and self.accounts else []
+        return lines + ([] if self._part is None else [self._part.balances()])
+
+    def _settled(self) -> bool:
+        mqtt = self._story is None or not self.accounts or self._story.settled()
+        return mqtt and (self._part is None or self._part.settled())
 
     def finish(self, stop: threading.Event, poll_s: float = 0.25) -> None:
         """After the last reading: let the engine charge it and the commands in flight end (at most SETTLE_S)."""
         self.now.finish()
-        if not self.accounts:
+        if not self.accounts and self._part is None:
             return
         deadline = time.monotonic() + SETTLE_S
         while not stop.is_set() and time.monotonic() < deadline:
             self.poll()
-            assert self._story is not None
-            if self._engine_caught_up.is_set() and self._story.settled():
+            if self._engine_caught_up.is_set() and self._settled():
                 self.poll()  # what was committed between the poll and the check
                 return
             stop.wait(poll_s)
@@ -561,7 +650,11 @@ class PrepaidLoop:
             self._echo(f"prepaid: still under way after {SETTLE_S:g} s; stopping")
 
     def summary(self) -> list[str]:
-        """The summary lines (none without demo accounts)."""
+        """The summary lines of the MQTT meters' accounts (none without them)."""
         if self._story is None or not self.accounts:
             return []
         return summary_lines(self._story.conn, self.accounts)
+
+    def part_summary(self) -> list[str]:
+        """The summary lines of the other part of the story (none without it)."""
+        return [] if self._part is None else self._part.summary_lines()

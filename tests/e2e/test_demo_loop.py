@@ -1,8 +1,12 @@
-"""`headend demo` tells the whole prepaid loop on embedded services: warnings, a disconnect, a payment, a reconnect."""
+"""`headend demo` tells the whole prepaid loop on embedded services: warnings, a disconnect, a payment, a reconnect;
+and the polled meters' part: Modbus and DL/T 645 meters read at every load point and charged, one DL/T 645 meter
+tripped over DL/T 645, paid for, armed (合闸允许) and closed by its button."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +51,13 @@ def rows(conn: psycopg.Connection[Any], sql: str, *params: object) -> list[tuple
     return conn.execute(sql, params or None).fetchall()
 
 
+def mqtt_story(out: str) -> str:
+    """The demo's output without the lines of the polled meters' accounts (whose story steps read alike)."""
+    return "\n".join(line for line in out.splitlines() if not re.search(r"\bPP-(DL|MB)\d", line))
+
+
 def test_the_story_is_told_in_order(demo_run: tuple[str, Path]) -> None:
-    out = demo_run[0]
+    out = mqtt_story(demo_run[0])
     steps = [
         "no friendly-credit hours",
         "prepaid: 5 accounts on the heaviest users, each topped up with ¥4.00 (channel demo)",
@@ -74,7 +83,11 @@ def test_the_story_is_told_in_order(demo_run: tuple[str, Path]) -> None:
 
 
 def test_the_database_holds_the_story(db: psycopg.Connection[Any]) -> None:
-    accounts = [r[0] for r in rows(db, "SELECT account_id FROM prepaid_accounts WHERE account_id LIKE 'PP-%'")]
+    accounts = rows(
+        db,
+        "SELECT a.account_id FROM prepaid_accounts a JOIN meters m USING (meter_id) "
+        "WHERE a.account_id LIKE 'PP-%%' AND m.protocol = 'mqtt'",
+    )
     assert len(accounts) == 5
     kinds = dict(rows(db, "SELECT kind, count(*) FROM notification_outbox GROUP BY kind"))
     assert kinds.get("low_balance_warning", 0) >= 1
@@ -124,8 +137,128 @@ def test_the_demo_runs_as_the_operator_role_on_a_schema_the_owner_role_owns(
     assert rows(db, "SELECT has_table_privilege('headend_operator', 'ledger_postings', 'UPDATE')") == [(False,)]
 
 
+POLLED = {"modbus": 4, "dlt645": 3}  # the demo's default polled meters
+LOAD_POINTS = 96
+
+
+def test_the_polled_meters_story_is_told_in_order(demo_run: tuple[str, Path]) -> None:
+    out = demo_run[0]
+    steps = [
+        "registered 7 polled meters (the same CSV import, protocol modbus and dlt645)",
+        "poll: the first round at 00:00 read 7 of 7 polled meters",
+        "prepaid: 3 accounts on polled meters, charged by the same engine from the polled readings",
+        "disconnect sent to meter DL000000000001 (attempt 1 via dlt645 at 127.0.0.1:",
+        "disconnect confirmed by the meter (relay open): status word 3 read back over DL/T 645",
+        "meter DL000000000001 reading at",
+        "credited (simulated, channel counter) → balance ¥",
+        "reconnect requested by payment:counter",
+        "reconnect sent to meter DL000000000001 (attempt 1 via dlt645 at 127.0.0.1:",
+        "reconnect confirmed by the meter: relay open and armed (合闸允许), the customer closes it with the button",
+        "the customer presses the button on meter DL000000000001 (simulated, on site): relay closed",
+        "the dispatcher's check of armed meters reads the relay closed: button pressed, supply connected",
+        "Polled meters",
+        f"poll rounds           : {LOAD_POINTS}, one at each load point ({LOAD_POINTS * 7} meters read, 0 failed)",
+        "button (合闸允许)     : pressed, and read back by the dispatcher's check of armed meters",
+        "Collection report for",
+        "by protocol:",
+    ]
+    positions = [out.find(step) for step in steps]
+    assert -1 not in positions, [s for s, p in zip(steps, positions, strict=True) if p < 0]
+    assert positions == sorted(positions), out
+    for protocol, n in POLLED.items():
+        assert re.search(rf"    {protocol} +{n}/{n} +100\.00%  complete {n}\n", out), out
+
+
+def test_the_polled_meters_are_read_at_every_load_point_and_charged(db: psycopg.Connection[Any]) -> None:
+    polled = rows(db, "SELECT meter_id, protocol FROM meters WHERE protocol <> 'mqtt' ORDER BY meter_id")
+    assert {p: sum(1 for _, q in polled if q == p) for _, p in polled} == POLLED
+    [(start,)] = rows(db, "SELECT min(r.ts) FROM readings r JOIN meters m USING (meter_id) WHERE m.protocol = 'mqtt'")
+    points = [start + k * timedelta(minutes=15) for k in range(LOAD_POINTS)]
+    for meter_id, _ in polled:
+        read = rows(db, "SELECT ts, source FROM readings WHERE meter_id = %s AND ts >= %s ORDER BY ts", meter_id, start)
+        # one reading at each load point of the simulated day, stamped at it, by the poll worker
+        assert [ts for ts, _ in read] == points, meter_id
+        assert all(source.startswith(("modbus:127.0.0.1:", "dlt645:127.0.0.1:")) for _, source in read)
+    assert rows(db, "SELECT count(*) FROM poll_failures") == [(0,)]
+    accounts = rows(
+        db,
+        "SELECT a.account_id, m.meter_id FROM prepaid_accounts a JOIN meters m USING (meter_id) "
+        "WHERE m.protocol <> 'mqtt' ORDER BY a.account_id",
+    )
+    assert {dict(polled)[m] for _, m in accounts} == {"modbus", "dlt645"}
+    for account_id, meter_id in accounts:
+        # charged by the engine as the MQTT meters are: up to the last load point, every Wh between the first reading
+        # (the account's opening register) and the last once
+        [(charged_until,)] = rows(db, "SELECT charged_until FROM prepaid_accounts WHERE account_id = %s", account_id)
+        assert charged_until == points[-1], account_id
+        usage = rows(
+            db, "SELECT amount_fen, reference FROM ledger_postings WHERE posting_id LIKE %s", f"usage:{account_id}:%"
+        )
+        charged_wh = sum(int(reference.split(", ")[1].removesuffix(" Wh")) for _, reference in usage)
+        [(first, last)] = rows(
+            db,
+            "SELECT min(energy_import_wh) FILTER (WHERE ts = %s), min(energy_import_wh) FILTER (WHERE ts = %s) "
+            "FROM readings WHERE meter_id = %s",
+            points[0],
+            points[-1],
+            meter_id,
+        )
+        assert charged_wh == last - first > 0, account_id
+        assert sum(amount for amount, _ in usage) > 0, account_id
+
+
+def test_the_dlt645_meter_is_tripped_and_reconnected_over_dlt645_each_command_confirmed(
+    db: psycopg.Connection[Any],
+) -> None:
+    [(account_id, meter_id, protocol, mode, supply)] = rows(
+        db,
+        "SELECT a.account_id, m.meter_id, m.protocol, m.reconnect_mode, a.supply FROM payments p "
+        "JOIN prepaid_accounts a USING (account_id) JOIN meters m ON m.meter_id = a.meter_id "
+        "WHERE p.channel = 'counter' AND p.channel_txn_id LIKE %s",
+        "pay-%",
+    )
+    assert (protocol, mode) == ("dlt645", "allowed")
+    commands = rows(
+        db, "SELECT command_id, action, state, relay FROM commands WHERE account_id = %s ORDER BY sequence", account_id
+    )
+    assert [c[1:] for c in commands[:2]] == [("disconnect", "confirmed", "open"), ("reconnect", "confirmed", "open")]
+    for (command_id, action, _, _), last in zip(
+        commands[:2],
+        ("relay read back open", "relay open and armed: the customer closes it with the button"),
+        strict=True,
+    ):
+        trail = rows(
+            db, "SELECT to_state, actor, detail FROM command_audit WHERE command_id = %s ORDER BY seq", command_id
+        )
+        assert [t[0] for t in trail] == ["created", "sent", "acknowledged", "confirmed"], (action, trail)
+        assert trail[1][2].startswith("sending attempt 1 via dlt645 at 127.0.0.1:"), trail
+        assert trail[3][1:] == (f"meter:{meter_id}", last)
+    # the customer's button closed the armed relay, and the dispatcher's check read it back
+    assert rows(db, "SELECT relay, ready_for_reconnection, source FROM meter_relays WHERE meter_id = %s", meter_id) == [
+        ("closed", False, "button_pressed")
+    ]
+    if len(commands) == 2:
+        assert supply == "connected"
+    # the polled readings: the relay open and nothing metered while cut off, closed and metering again after
+    readings = rows(
+        db,
+        "SELECT relay_state, power_w, energy_import_wh FROM readings WHERE meter_id = %s ORDER BY ts",
+        meter_id,
+    )
+    relays = [r[0] for r in readings]
+    cut = relays.index("open")
+    back = relays.index("closed", cut)
+    assert back - cut >= 2  # the payment waited for a reading two intervals after the disconnect was confirmed
+    assert all(r[2] == readings[cut][2] for r in readings[cut:back])
+    # the first open reading's five DL/T 645 exchanges may have straddled the trip: its power was read before it
+    assert all(r[1] == 0 for r in readings[cut + 1 : back])
+    assert readings[-1][2] > readings[back - 1][2]
+
+
+# last: the second demo starts the embedded server in the same data dir again, and the `db` fixture's connection ends
 def test_a_second_demo_in_the_same_data_dir_tells_the_whole_loop_again(demo_run: tuple[str, Path]) -> None:
     again = headend("demo", "--speed", "3600", env={**NO_SERVICES, "HEADEND_DATA_DIR": str(demo_run[1])}, timeout_s=240)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "disconnect confirmed by the meter (relay open)" in again.stdout
-    assert "reconnect confirmed by the meter (relay closed)" in again.stdout
+    assert "disconnect confirmed by the meter (relay open)" in mqtt_story(again.stdout)
+    assert "reconnect confirmed by the meter (relay closed)" in mqtt_story(again.stdout)
+    assert "reconnect confirmed by the meter: relay open and armed (合闸允许)" in again.stdout
