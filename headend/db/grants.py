@@ -81,9 +81,10 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
             "UPDATE (switch_number, controlled_device, meter_id, location, notes, updated_by, updated_at, "
             "retired_at, retired_by, retire_reason, commissioning_state)",
         ),
+        dispatch=("SELECT", "UPDATE (commissioning_state)"),  # a commissioning test's steps end (below)
         reporting=READ,
     ),
-    "controlled_switch_changes": _row(api=("SELECT", "INSERT"), reporting=READ),
+    "controlled_switch_changes": _row(api=("SELECT", "INSERT"), dispatch=("INSERT",), reporting=READ),
     # collection: ingest writes, the engine reads what it charges from; the console (served by the API) shows the
     # collection report, which aggregates a day from readings where TimescaleDB's aggregate may not be refreshed by it
     "readings": _row(ingest=("SELECT", "INSERT"), engine=READ, api=READ, reporting=READ),
@@ -145,6 +146,24 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
         dispatch=("SELECT", "INSERT", "UPDATE"), api=("SELECT", "UPDATE (resolved_at, resolved_by)"), reporting=READ
     ),
     "meter_relays": _row(dispatch=("SELECT", "INSERT", "UPDATE"), api=READ, reporting=READ),
+    # the commissioning test of a switch (headend.commissioning): started, approved, cancelled and its result recorded
+    # through the API (or the command line); its steps advanced by the dispatcher, which sends their commands and
+    # sets the switch testing, failed or back to its state before
+    "switch_tests": _row(
+        dispatch=("SELECT", "UPDATE (state, detail, approval_reason, started_at, finished_at)"),
+        api=(
+            "SELECT",
+            "INSERT",
+            "UPDATE (state, detail, approved_by, approved_at, finished_at, cancelled_by, result, result_note, "
+            "result_by, result_at)",
+        ),
+        reporting=READ,
+    ),
+    "switch_test_steps": _row(
+        dispatch=("SELECT", "INSERT", "UPDATE (state, command_id, detail, relay, started_at, finished_at)"),
+        api=("SELECT", "INSERT", "UPDATE (state, detail, finished_at)"),
+        reporting=READ,
+    ),
     # secrets, read by no dashboard. The API only looks principals and channel secrets up; operators issue, rotate
     # and revoke them (`headend api-token`, `headend channel`, `headend devices`), and `broker-config` reads devices'
     "api_principals": _row(
