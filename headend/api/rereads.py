@@ -243,8 +243,7 @@ def request_reread(
 @router.get(
     "",
     summary="List the latest re-reads",
-    description="Re-read tasks newest first (by `requested_at`), without their meters. Roles: operator, viewer, "
-    "admin.",
+    description="Re-read tasks newest first (by `requested_at`), without their meters. Roles: operator, viewer, admin.",
     response_model=RereadTaskPage,
     response_description="The latest tasks, newest first.",
     responses=problem_responses(401, 403, 422, 503),
