@@ -88,7 +88,10 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
     # collection: ingest writes, the engine reads what it charges from; the console (served by the API) shows the
     # collection report, which aggregates a day from readings where TimescaleDB's aggregate may not be refreshed by it
     "readings": _row(ingest=("SELECT", "INSERT"), engine=READ, api=READ, reporting=READ),
-    "dead_letters": _row(ingest=("INSERT",), dispatch=("INSERT",), reporting=READ),
+    # the collection API names an MQTT meter's last refused message (on its own topic) as why it was not read
+    "dead_letters": _row(
+        ingest=("INSERT",), dispatch=("INSERT",), api=("SELECT (topic, received_at, reason)",), reporting=READ
+    ),
     # the poller (the ingest role) appends why a poll failed; the collection report reads it
     "poll_failures": _row(ingest=("INSERT",), api=READ, reporting=READ),
     # the API's meter search shows when a meter last read
@@ -106,6 +109,13 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
     "reread_task_meters": _row(ingest=("SELECT", "INSERT", "UPDATE"), api=("SELECT", "INSERT"), reporting=READ),
     "collection_first_pass_days": _row(ingest=("SELECT", "INSERT"), api=READ, reporting=READ),
     "collection_first_pass": _row(ingest=("SELECT", "INSERT"), api=READ, reporting=READ),
+    # the collection summary (migration 0026): the API counts a day when it is first asked for and again when it is
+    # stale, clearing the day's late-reading marks as it does; the triggers that mark run as the owner
+    "collection_summary_state": _row(api=READ, reporting=READ),
+    "collection_day_changes": _row(api=("SELECT", "DELETE"), reporting=READ),
+    "collection_summary_days": _row(api=("SELECT", "INSERT", "DELETE"), reporting=READ),
+    "collection_summary": _row(api=("SELECT", "INSERT"), reporting=READ),
+    "collection_summary_meters": _row(api=("SELECT", "INSERT"), reporting=READ),
     # the catalog: stored by operators, read by whoever decides
     "tariff_revisions": _row(engine=READ, dispatch=READ, api=READ, reporting=READ, operator=("INSERT",)),
     "tariffs": _row(engine=READ, dispatch=READ, api=READ, reporting=READ, operator=("INSERT", "UPDATE")),

@@ -29,6 +29,7 @@ OPTIONAL_COLUMNS = (
     "address",
     "bus",
     "framing",
+    "area",
 )
 PROTOCOLS = ("mqtt", "modbus", "dlt645")
 POLLED_PROTOCOLS = ("modbus", "dlt645")
@@ -41,6 +42,8 @@ FRAMINGS = ("tcp", "rtu")
 DEFAULT_FRAMING = "tcp"
 STATUSES = ("active", "inactive", "removed")
 RECONNECT_MODES = ("direct", "allowed")  # allowed: 合闸允许, the customer closes the relay with the button
+AREA_MAX_CHARS = 100  # migration 0026's meters_area
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,7 @@ class MeterRow:
     address: str | None = None  # DL/T 645: the 12 digits of the nameplate
     bus: str | None = None  # the serial bus behind the gateway; None: one bus per endpoint
     framing: str | None = None  # Modbus: tcp or rtu (None: tcp); None for other protocols
+    area: str | None = None  # the transformer area (台区) the meter is supplied from; the collection groups by it
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +158,9 @@ def parse_row(record: dict[str, str]) -> MeterRow:
     endpoint, unit_id, address, bus = _how_reached(protocol, get, concentrator_id)
     framing = _framing(protocol, get.get("framing", "").lower())
     model = get.get("model") or None
+    area = get.get("area") or None
+    if area is not None and (len(area) > AREA_MAX_CHARS or _CONTROL.search(area)):
+        raise ValueError(f"area must be at most {AREA_MAX_CHARS} characters of one line")
     if protocol == "modbus" and model not in available_models():
         raise ValueError(f"model {model!r} of a modbus meter is not one of {', '.join(available_models())}")
     return MeterRow(
@@ -172,6 +179,7 @@ def parse_row(record: dict[str, str]) -> MeterRow:
         address=address,
         bus=bus,
         framing=framing,
+        area=area,
     )
 
 
@@ -305,11 +313,11 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
         conn.execute(
             "CREATE TEMP TABLE import_meters (meter_id text, protocol text, concentrator_id text, region text, "
             "model text, multiplier int, status text, register_max_wh bigint, installed_on date, reconnect_mode text, "
-            "endpoint text, unit_id smallint, address text, bus text, framing text) ON COMMIT DROP"
+            "endpoint text, unit_id smallint, address text, bus text, framing text, area text) ON COMMIT DROP"
         )
         with conn.cursor().copy(
             "COPY import_meters (meter_id, protocol, concentrator_id, region, model, multiplier, status, "
-            "register_max_wh, installed_on, reconnect_mode, endpoint, unit_id, address, bus, framing) FROM STDIN"
+            "register_max_wh, installed_on, reconnect_mode, endpoint, unit_id, address, bus, framing, area) FROM STDIN"
         ) as copy:
             for r in rows:
                 copy.write_row(
@@ -329,6 +337,7 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
                         r.address,
                         r.bus,
                         framing_of(r),
+                        r.area,
                     )
                 )
         _refuse_taken_places(conn)
@@ -344,10 +353,10 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
             WITH up AS (
                 INSERT INTO meters AS m (meter_id, protocol, concentrator_id, region, model, multiplier, status,
                                          register_max_wh, installed_on, reconnect_mode, endpoint, unit_id, address,
-                                         bus, framing)
+                                         bus, framing, area)
                 SELECT meter_id, protocol, concentrator_id, region, model, multiplier, status,
                        coalesce(register_max_wh, %(default_register_max_wh)s), installed_on, reconnect_mode,
-                       endpoint, unit_id, address, bus, framing
+                       endpoint, unit_id, address, bus, framing, area
                 FROM import_meters ORDER BY meter_id
                 ON CONFLICT (meter_id) DO UPDATE SET
                     protocol = excluded.protocol, concentrator_id = excluded.concentrator_id,
@@ -355,16 +364,16 @@ def import_meters(conn: psycopg.Connection[Any], rows: list[MeterRow]) -> Import
                     status = excluded.status, register_max_wh = excluded.register_max_wh,
                     installed_on = excluded.installed_on, reconnect_mode = excluded.reconnect_mode,
                     endpoint = excluded.endpoint, unit_id = excluded.unit_id, address = excluded.address,
-                    bus = excluded.bus, framing = excluded.framing, updated_at = now()
+                    bus = excluded.bus, framing = excluded.framing, area = excluded.area, updated_at = now()
                 -- a Modbus meter registered before framing was (NULL) is tcp: importing it as tcp changes nothing
                 WHERE (m.protocol, m.concentrator_id, m.region, m.model, m.multiplier, m.status, m.register_max_wh,
                        m.installed_on, m.reconnect_mode, m.endpoint, m.unit_id, m.address, m.bus,
-                       CASE WHEN m.protocol = 'modbus' THEN coalesce(m.framing, 'tcp') END)
+                       CASE WHEN m.protocol = 'modbus' THEN coalesce(m.framing, 'tcp') END, m.area)
                       IS DISTINCT FROM (excluded.protocol, excluded.concentrator_id, excluded.region,
                                         excluded.model, excluded.multiplier, excluded.status,
                                         excluded.register_max_wh, excluded.installed_on, excluded.reconnect_mode,
                                         excluded.endpoint, excluded.unit_id, excluded.address, excluded.bus,
-                                        excluded.framing)
+                                        excluded.framing, excluded.area)
                 RETURNING (xmax = 0) AS created
             )
             SELECT count(*) FILTER (WHERE created), count(*) FILTER (WHERE NOT created) FROM up
