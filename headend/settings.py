@@ -169,6 +169,23 @@ class Settings(BaseSettings):
     payment_max_age_days: int = Field(
         default=30, ge=1, le=3660, description="a new payment dated longer ago is refused by the API (paid_at_too_old)"
     )
+    console_secure_cookies: bool = Field(
+        default=False,
+        description="the console's cookies carry Secure (sent over HTTPS only): set it when the console is served "
+        "over HTTPS, as it must be beyond 127.0.0.1",
+    )
+    console_session_idle_s: int = Field(
+        default=1800, ge=60, le=7 * 24 * 3600, description="a console session unused this long is over"
+    )
+    console_session_max_s: int = Field(
+        default=12 * 3600, ge=60, le=30 * 24 * 3600, description="a console session is over this long after sign-in"
+    )
+    console_lockout_failures: int = Field(
+        default=5, ge=1, le=100, description="failed console sign-ins in a row that lock the user out"
+    )
+    console_lockout_s: int = Field(
+        default=900, ge=1, le=7 * 24 * 3600, description="how long a console user is locked out after them"
+    )
     dispatch_client_id: str = Field(default="headend-dispatch", description="MQTT session id of the dispatcher")
     dispatch_command_ttl_s: int = Field(default=600, ge=10, description="how long a relay command may be executed")
     dispatch_retry_first_s: float = Field(default=15.0, gt=0, description="first resend of an unanswered command")

@@ -20,6 +20,7 @@ from headend.api.db import ApiState, Clock, utc_now
 from headend.api.errors import install_handlers, problems_as_problem_json
 from headend.api.request_guard import RefuseMalformedTargets
 from headend.api.schemas import BODY_MODELS, REF_PREFIX
+from headend.console.mount import install_console
 from headend.db.engine import libpq_dsn
 from headend.db.readiness import check_schema
 from headend.settings import Settings
@@ -134,4 +135,5 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     install_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_console(app, pool, settings, clock)
     return app

@@ -28,6 +28,7 @@ from headend.cli.poll import poll_command
 from headend.cli.reread import reread_command
 from headend.cli.schema import migrate
 from headend.cli.simulate import simulate
+from headend.cli.users import user_app
 from headend.runtime.logging import LogFormat, LogLevel, configure_logging
 
 app = command_group("Head-end and prepaid control system for electricity meters.", cls=ExplainingGroup)
@@ -52,6 +53,7 @@ app.add_typer(command_app, name="command")
 app.add_typer(alarm_app, name="alarm")
 app.command("serve")(serve_command)
 app.add_typer(token_app, name="api-token")
+app.add_typer(user_app, name="user")
 app.add_typer(channel_app, name="channel")
 app.add_typer(devices_app, name="devices")
 app.command("broker-config")(broker_config_command)
