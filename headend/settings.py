@@ -277,6 +277,30 @@ class Settings(BaseSettings):
     reread_check_s: float = Field(
         default=2.0, gt=0, le=60, description="`poll`: how often the worker looks for re-reads asked for"
     )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="`ingest`, `engine`, `dispatch`, `poll`: the port the worker serves Prometheus metrics on (also "
+        "`--metrics-port`); 0: none",
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="the address the workers' metrics are served on")
+    metrics_require_token: bool = Field(
+        default=False, description="`serve`: /metrics answers only with an operator's (or admin's) bearer token"
+    )
+    metrics_query_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="between the queries behind the engine's backlog and the dispatcher's open commands and round "
+        "trips (metrics only)",
+    )
+    metrics_collection_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="`serve`: the day's collection success on /metrics is computed at most once per this",
+    )
 
     @field_validator("timezone")
     @classmethod

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from headend.cli.common import command_group, database, fail, load_settings, local_time, table, to_json
+from headend.cli.metrics import MetricsPort
 from headend.dispatch.states import CommandState
 
 command_app = command_group("Relay commands: list, show, approve, cancel, read a relay.")
@@ -16,16 +17,24 @@ alarm_app = command_group("Relay alarms: list, resolve.")
 
 def dispatch_command(
     once: Annotated[bool, typer.Option(help="Take the outbox and advance due commands once, then exit.")] = False,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Send relay commands from the outbox and follow the meters' answers until stopped (SIGTERM/SIGINT)."""
     from headend.db.connection import check_database, database_url
+    from headend.dispatch.metrics import DispatchMetrics
     from headend.dispatch.service import run_dispatcher
+    from headend.runtime.metrics import worker_metrics
     from headend.runtime.signals import stop_on_signals
 
     settings = load_settings()
-    with database_url(settings) as url, stop_on_signals() as stop:
+    with (
+        database_url(settings) as url,
+        stop_on_signals() as stop,
+        worker_metrics(settings, metrics_port) as registry,
+    ):
         check_database(url)
-        totals = run_dispatcher(settings, url, stop, once=once)
+        metrics = None if registry is None else DispatchMetrics(registry, query_every_s=settings.metrics_query_s)
+        totals = run_dispatcher(settings, url, stop, once=once, metrics=metrics)
     typer.echo(
         f"stopped: {totals.taken} taken, {totals.sent} sent, {totals.confirmed} confirmed, {totals.failed} failed, "
         f"{totals.held} held, {totals.cancelled} cancelled, {totals.expired} expired, "

@@ -9,20 +9,39 @@ from typing import Annotated
 import typer
 
 from headend.cli.common import fail, load_settings, local_day, yuan
+from headend.cli.metrics import MetricsPort
 
 
 def engine_command(
     once: Annotated[bool, typer.Option(help="One sweep of the due accounts, then exit.")] = False,
+    metrics_port: MetricsPort = None,
 ) -> None:
     """Charge newly committed readings and apply the disconnect policy until stopped (SIGTERM/SIGINT)."""
     from headend.db.connection import database_url, migrated_database
     from headend.db.engine import connect_utc
+    from headend.engine.metrics import EngineMetrics
     from headend.engine.runner import EngineRunner, tune_gc_for_batches
+    from headend.runtime.metrics import worker_metrics
     from headend.runtime.signals import stop_on_signals
 
     settings = load_settings()
     tune_gc_for_batches()
-    with database_url(settings) as url, migrated_database(url) as conn, stop_on_signals() as stop:
+    with (
+        database_url(settings) as url,
+        migrated_database(url) as conn,
+        stop_on_signals() as stop,
+        worker_metrics(settings, metrics_port) as registry,
+    ):
+        metrics = (
+            None
+            if registry is None
+            else EngineMetrics(
+                registry,
+                lateness_s=settings.engine_lateness_s,
+                eager_on_grid=settings.engine_eager_on_grid,
+                backlog_every_s=settings.metrics_query_s,
+            )
+        )
         runner = EngineRunner(
             conn,
             settings.engine_lateness_s,
@@ -32,6 +51,7 @@ def engine_command(
             status_interval_s=settings.status_interval_s,
             # a lost connection is replaced, with backoff; an attempt that hangs (packets dropped) ends after 10 s
             connect=lambda: connect_utc(url, timeout_s=10),
+            metrics=metrics,
         )
         stats = runner.sweep() if once else runner.run(stop, settings.engine_poll_s)
     typer.echo(

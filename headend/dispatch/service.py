@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -32,6 +32,9 @@ from headend.dispatch.polled_executor import PolledConfig, PolledExecutor
 from headend.dispatch.wake import wake_on_command_requests
 from headend.runtime.status import Status, StatusReporter
 from headend.settings import Settings
+
+if TYPE_CHECKING:
+    from headend.dispatch.metrics import DispatchMetrics
 
 log = logging.getLogger(__name__)
 SUBSCRIBE_WAIT_S = 10.0
@@ -182,8 +185,10 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def run_dispatcher(settings: Settings, url: str, stop: threading.Event, *, once: bool = False) -> DispatchStats:
-    """Dispatch until `stop` is set (or one step when `once`); the totals."""
+def run_dispatcher(
+    settings: Settings, url: str, stop: threading.Event, *, once: bool = False, metrics: DispatchMetrics | None = None
+) -> DispatchStats:
+    """Dispatch until `stop` is set (or one step when `once`), counting into `metrics` if given; the totals."""
     link = DatabaseLink(url)
     with contextlib.ExitStack() as stack:
         stack.callback(link.close)
@@ -197,7 +202,7 @@ def run_dispatcher(settings: Settings, url: str, stop: threading.Event, *, once:
             executors={"mqtt": transport, "modbus": polled, "dlt645": polled},
             config=dispatch_config(settings),
         )
-        return _run(settings, url, stop, once, link, dispatcher, transport, polled)
+        return _run(settings, url, stop, once, link, dispatcher, transport, polled, metrics)
 
 
 class Pending:
@@ -234,6 +239,7 @@ def _run(
     dispatcher: Dispatcher,
     transport: MqttTransport,
     polled: PolledExecutor,
+    metrics: DispatchMetrics | None,
 ) -> DispatchStats:
     status = StatusReporter(
         log, "dispatch", settings.status_interval_s, STATUS_LABELS, limited=[dispatcher.refused_event_log]
@@ -286,6 +292,8 @@ def _run(
                         raise
                     link.failed(exc)
             status.tick(status_now)
+            if metrics is not None:
+                metrics.tick(dispatcher, link.conn)
             if once or stop.is_set():
                 return dispatcher.totals
     finally:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -34,6 +34,9 @@ from headend.engine.catalog import Catalog
 from headend.engine.charging import BatchFailedError, BatchStats, charge_accounts, charge_due
 from headend.engine.reading_batches import READINGS_STORED_CHANNEL, ReadingBatchFollower, prune
 from headend.runtime.status import Status, StatusReporter
+
+if TYPE_CHECKING:
+    from headend.engine.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,7 @@ class EngineRunner:
     full_sweep_s: float = 30.0
     status_interval_s: float = 0.0  # between status lines (0: none)
     connect: Callable[[], Connection] | None = None  # a new connection when `run` loses one (None: `run` raises)
+    metrics: EngineMetrics | None = None
     _follower: ReadingBatchFollower = field(default_factory=ReadingBatchFollower, init=False, repr=False)
     _totals: BatchStats = field(default_factory=BatchStats, init=False, repr=False)
     _status: StatusReporter = field(init=False, repr=False)
@@ -95,9 +99,11 @@ class EngineRunner:
     def __post_init__(self) -> None:
         self._status = StatusReporter(log, "engine", self.status_interval_s, STATUS_LABELS)
 
-    def _count(self, stats: BatchStats) -> None:
-        """Add a batch to the status line's totals; write the line when its period is over."""
+    def _count(self, stats: BatchStats, started: float) -> None:
+        """Add a batch begun at `started` (monotonic) to the totals; write the status line when its period is over."""
         self._totals += stats
+        if self.metrics is not None:
+            self.metrics.batch(stats, time.monotonic() - started)
         self._status.tick(self._status_now)
 
     def _status_now(self) -> Status:
@@ -121,6 +127,7 @@ class EngineRunner:
         while stop is None or not stop.is_set():
             now = self.clock()
             cu = now - timedelta(seconds=self.lateness_s)
+            started = time.monotonic()
             try:
                 stats, taken = charge_due(
                     self.conn,
@@ -138,7 +145,7 @@ class EngineRunner:
             if not taken:
                 break
             total += stats
-            self._count(stats)
+            self._count(stats, started)
             after = taken[-1]
         return total
 
@@ -149,9 +156,10 @@ class EngineRunner:
         for start in range(0, len(ids), self.batch_accounts):
             now = self.clock()
             cu = now - timedelta(seconds=self.lateness_s)
+            started = time.monotonic()
             stats = self._isolate(ids[start : start + self.batch_accounts], now, cu, wait=True)
             total += stats
-            self._count(stats)
+            self._count(stats, started)
         return total
 
     def _isolate(self, ids: Sequence[str], now: datetime, cu: datetime, *, wait: bool = False) -> BatchStats:
@@ -197,6 +205,8 @@ class EngineRunner:
                         listening = True
                     stats, next_sweep = self._charge(stop, next_sweep)
                     self._recovered()
+                    if self.metrics is not None:
+                        self.metrics.tick(self.conn, self.clock())
                     if not stats.accounts:
                         self._wait_for_readings(stop, min(time.monotonic() + poll_s, next_sweep))
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -26,6 +26,9 @@ from headend.mqtt.client import ConnectionWatch, connect, make_client
 from headend.runtime.status import LimitedLog, Status, StatusReporter
 from headend.settings import Settings
 from protocols.mqtt_topics import READINGS_FILTERS
+
+if TYPE_CHECKING:
+    from headend.ingest.metrics import IngestMetrics
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,14 @@ def subscription_filters(settings: Settings) -> list[str]:
 class IngestWorker:
     """One ingest worker process; `run` blocks until `stop` is called."""
 
-    def __init__(self, settings: Settings, database_url: str, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        database_url: str,
+        stop: threading.Event | None = None,
+        *,
+        metrics: IngestMetrics | None = None,
+    ) -> None:
         self._settings = settings
         self._dsn = libpq_dsn(database_url)
         self._inbox: queue.Queue[InboundMessage] = queue.Queue()
@@ -112,6 +122,9 @@ class IngestWorker:
         self._client.on_message = self._on_message
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.watch(self)
 
     def stop(self) -> None:
         """Ask the worker to finish its current batch and return."""
@@ -328,12 +341,15 @@ class IngestWorker:
                 if item is None:
                     return
                 batch, decoded = item
+                started = time.monotonic()
                 result = self._store(batch, decoded)
                 if result is None:
                     return  # stopping while the database is unreachable: the broker redelivers the batch
                 self._database_problem = None
                 self._acknowledge(batch)
                 self.stats.add(len(batch), result)
+                if self._metrics is not None:
+                    self._metrics.batch_committed(batch, result, started)
                 for dead in result.dead:
                     self._log_dead_letter(dead)
         except BaseException as exc:
