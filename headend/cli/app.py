@@ -28,6 +28,7 @@ from headend.cli.poll import poll_command
 from headend.cli.reread import reread_command
 from headend.cli.schema import migrate
 from headend.cli.simulate import simulate
+from headend.cli.switches import meters_find, switches_app
 from headend.cli.users import user_app
 from headend.runtime.logging import LogFormat, LogLevel, configure_logging
 
@@ -37,7 +38,9 @@ app.add_typer(db_app, name="db")
 app.command("ingest")(ingest)
 app.command("poll")(poll_command)
 app.command("reread")(reread_command)
+meters_app.command("find")(meters_find)
 app.add_typer(meters_app, name="meters")
+app.add_typer(switches_app, name="switches")
 app.command("collection-report")(collection_report_command)
 app.command("simulate")(simulate)
 app.command("demo")(demo)
