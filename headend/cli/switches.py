@@ -335,9 +335,6 @@ def _follow_test(conn: psycopg.Connection[Any], test_id: int, zone: ZoneInfo, ti
     while True:
         test = get_test(conn, test_id)
         assert test is not None, test_id
-        if shown.get("test") != (test.state.value, test.detail):
-            shown["test"] = (test.state.value, test.detail)
-            typer.echo(f"{local_time(datetime.now(UTC), zone)}  test {test_id}: {test.detail}")
         for step in test.steps:
             now = (step.state.value, step.detail)
             if step.state.value != "pending" and shown.get(step.ordinal) != now:
@@ -347,6 +344,9 @@ def _follow_test(conn: psycopg.Connection[Any], test_id: int, zone: ZoneInfo, ti
                     f"{local_time(datetime.now(UTC), zone)}  step {step.ordinal} {step.kind}: {step.state}{found} "
                     f"- {step.detail}"
                 )
+        if shown.get("test") != (test.state.value, test.detail):
+            shown["test"] = (test.state.value, test.detail)
+            typer.echo(f"{local_time(datetime.now(UTC), zone)}  test {test_id}: {test.detail}")
         if test.finished_at is not None or time.monotonic() >= deadline:
             return test
         time.sleep(WAIT_POLL_S)

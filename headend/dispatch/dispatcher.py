@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import psycopg
 from psycopg.rows import dict_row
 
+from headend.commissioning.driver import SwitchTestDriver, recheck
 from headend.db import faults
 from headend.db.faults import is_data_fault
 from headend.db.text import storable
@@ -67,6 +68,7 @@ class DispatchConfig:
     storm_window: timedelta = timedelta(minutes=10)
     batch: int = 200
     window: EventWindow = field(default_factory=EventWindow)  # when a meter event may be stamped
+    button_wait: timedelta = timedelta(minutes=10)  # a commissioning test waits this long for the customer's button
 
 
 @dataclass(slots=True)
@@ -112,6 +114,7 @@ class Dispatcher:
         self._catalog = catalog or Catalog()
         self._clock = clock
         self._since: datetime | None = None  # first intake looks at the whole outbox
+        self._tests = SwitchTestDriver(self._config.command_ttl, self._config.button_wait)
         self.totals = DispatchStats()  # since this dispatcher was made
         self.refused_event_log = LimitedLog(log, "refused events")
 
@@ -123,7 +126,7 @@ class Dispatcher:
         self._since = None
 
     def step(self) -> DispatchStats:
-        """Take new requests, then advance every due command once."""
+        """Take new requests, move the commissioning tests on (their next commands), then advance every due command."""
         stats = DispatchStats()
         now = self._clock()
         with self._conn.transaction(), self._conn.cursor(row_factory=dict_row) as cur:
@@ -131,6 +134,7 @@ class Dispatcher:
             stats.taken = len(store.take_requests(cur, now, self._config.command_ttl, self._since))
         # outbox rows are stamped when their transaction began; a long charging batch commits later
         self._since = now - timedelta(minutes=15)
+        self._tests.step(self._conn, now)
         for command_id in store.due_command_ids(self._conn, now, self._config.batch):
             self._advance(command_id, stats)
         self.totals.add(stats)
@@ -169,6 +173,21 @@ class Dispatcher:
                         stats.cancelled += 1
                         return
                     inputs = check.inputs
+                elif command.test_id is not None:
+                    test_check = recheck(cur, command)
+                    if not test_check.send:
+                        store.move(
+                            cur,
+                            command,
+                            CommandState.CANCELLED,
+                            now,
+                            actor=DISPATCHER_ACTOR,
+                            detail=test_check.detail,
+                            inputs=test_check.inputs,
+                        )
+                        stats.cancelled += 1
+                        return
+                    inputs = test_check.inputs
                 if self._hold(cur, command, now):
                     stats.held += 1
                     return
@@ -426,6 +445,8 @@ class Dispatcher:
     def _check_position(
         self, cur: Cursor, event: MeterEvent, command_id: str | None, now: datetime, supply: str | None = None
     ) -> None:
+        if store.meter_under_test(cur, event.meter_id) is not None:
+            return  # a commissioning test moves the relay on purpose; its steps say where it found it
         if supply is None:
             cur.execute("SELECT supply FROM prepaid_accounts WHERE meter_id = %s", (event.meter_id,))
             row = cur.fetchone()

@@ -45,6 +45,7 @@ COMMAND_COLUMNS: Final = (
     "approved_by",
     "detail",
     "version",
+    "test_id",
 )
 
 
@@ -77,6 +78,7 @@ class Command:
     approved_by: str | None
     detail: str
     version: int
+    test_id: int | None = None  # the commissioning test that sent it (never an account's command)
 
     @property
     def account_command(self) -> RelayCommand | None:
@@ -289,6 +291,57 @@ def audit(
             Jsonb(inputs or {}),
         ),
     )
+
+
+def create_test_command(
+    cur: Cursor,
+    command_id: str,
+    meter_id: str,
+    action: RelayAction,
+    test_id: int,
+    *,
+    by: str,
+    now: datetime,
+    ttl: timedelta,
+    detail: str,
+    inputs: dict[str, Any],
+) -> Command:
+    """Create a commissioning test's command (created, due now; audited), sent by the dispatcher like any other."""
+    cur.execute("SELECT concentrator_id, reconnect_mode FROM meters WHERE meter_id = %s", (meter_id,))
+    meter = cur.fetchone()
+    if meter is None:
+        raise CommandError(f"no meter {meter_id!r}")
+    cur.execute(
+        "INSERT INTO commands (command_id, meter_id, concentrator_id, action, reconnect_mode, state, "
+        "next_attempt_at, issued_at, expires_at, requested_by, test_id) "
+        "VALUES (%s, %s, %s, %s, %s, 'created', %s, %s, %s, %s, %s)",
+        (
+            command_id,
+            meter_id,
+            meter["concentrator_id"],
+            str(action),
+            meter["reconnect_mode"],
+            now,
+            now,
+            now + ttl,
+            by,
+            test_id,
+        ),
+    )
+    audit(cur, command_id, now, None, CommandState.CREATED, by, detail, inputs)
+    command = lock_command(cur, command_id)
+    assert command is not None
+    return command
+
+
+def meter_under_test(cur: Cursor, meter_id: str) -> int | None:
+    """The commissioning test moving the meter's relay now (started, not finished), if any."""
+    cur.execute(
+        "SELECT test_id FROM switch_tests WHERE meter_id = %s AND started_at IS NOT NULL AND finished_at IS NULL",
+        (meter_id,),
+    )
+    row = cur.fetchone()
+    return None if row is None else int(row["test_id"])
 
 
 def due_command_ids(conn: Connection, now: datetime, limit: int) -> list[str]:

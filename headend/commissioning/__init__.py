@@ -1,0 +1,1 @@
+"""The on-site commissioning test of a controlled switch: its steps as relay commands, refusals, approval, result."""
