@@ -754,6 +754,47 @@ def test_the_dispatch_worker_runs_a_test(bench_for: Callable[..., Bench], databa
     assert bench.relay(meter) is RelayState.CLOSED
 
 
+def test_the_dispatch_role_runs_a_test_and_puts_the_relay_back(
+    bench_for: Callable[..., Bench], migrated: MigratedDatabase
+) -> None:
+    bench = bench_for()
+    url = migrated.role_url(DbRole.DISPATCH)
+    with psycopg.connect(url, autocommit=True) as conn, psycopg.connect(url, autocommit=True) as audit_conn:
+        executors: dict[str, CommandSender] = {
+            "mqtt": bench.transport,
+            "modbus": bench.executor,
+            "dlt645": bench.executor,
+        }
+        dispatcher = Dispatcher(conn, audit_conn, bench.transport, executors=executors, config=FAST, catalog=Catalog())
+        as_dispatch = replace(bench, dispatcher=dispatcher)
+        meter = bench.dlt645(1)
+        account = bench.account(meter)
+        switch = bench.switch(meter)
+        test_id = bench.start(switch)
+
+        def cancel_once_read_back_open() -> None:
+            test = bench.test(test_id)
+            read = test.steps[2].command_id
+            command = None if read is None else store.get_command(bench.conn, read)
+            if (
+                test.state is SwitchTestState.RUNNING
+                and command is not None
+                and command.state is CommandState.CONFIRMED
+            ):
+                operations.cancel_test(bench.conn, test_id, by=WHO, reason="stop", now=_now())
+
+        as_dispatch.until(lambda: bench.finished(test_id), "the test finished", before_step=cancel_once_read_back_open)
+    test = bench.test(test_id)
+    assert (test.state, test.steps[-1].kind.value, test.steps[-1].state) == (
+        SwitchTestState.CANCELLED,
+        "restore",
+        StepState.PASSED,
+    )
+    assert bench.relay(meter) is RelayState.CLOSED
+    assert bench.supply(account) == "connected"
+    assert bench.switch_state(switch) is CommissioningState.REGISTERED
+
+
 def test_one_test_at_a_time_on_a_meter(bench_for: Callable[..., Bench]) -> None:
     bench = bench_for()
     meter = bench.mqtt(1)
