@@ -28,6 +28,11 @@ CAGG = "collection_daily_cagg"
 
 # the columns of `meter_day_collection` for one day: meter_id, readings_count, intervals_read
 _PARTITIONED_DAY = "SELECT meter_id, readings_count, intervals_read FROM meter_day_collection WHERE day = %(day)s"
+# the same with the load points read (bit(96), bit 0 the slot from 00:00), for the lists of missing intervals
+_PARTITIONED_SLOTS = (
+    "SELECT meter_id, readings_count, bit_count(slots)::integer AS intervals_read, slots "
+    "FROM collection_daily WHERE day = %(day)s"
+)
 # The aggregate, filtered on its bucket start: the view's `day` hides it from chunk exclusion, so that filtered on
 # `day` the real-time part aggregates every chunk after the watermark (~1.3 s for 20,000 meters and one such day).
 # >= and <= are the comparisons of a time_bucket that TimescaleDB turns into bounds on `ts`; `=` is not.
@@ -35,14 +40,15 @@ _AGGREGATE_DAY = (
     "SELECT meter_id, readings_count::integer AS readings_count, bit_count(slots)::integer AS intervals_read "
     f"FROM {CAGG} WHERE day_start >= %(day_start)s AND day_start <= %(day_start)s"
 )
+_AGGREGATE_SLOTS = _AGGREGATE_DAY.replace(" FROM ", ", slots FROM ", 1)
 # what the aggregate holds for the day (migration 0001: a count and the 15-minute slots read), from its chunks
-_READINGS_DAY = """
-SELECT meter_id, count(*)::integer AS readings_count,
-       bit_count(bit_or(B'1'::bit(96) >> (extract(hour FROM ts AT TIME ZONE %(zone)s)::int * 4
-                                          + extract(minute FROM ts AT TIME ZONE %(zone)s)::int / 15)))::integer
-           AS intervals_read
+_SLOTS_OF_DAY = """bit_or(B'1'::bit(96) >> (extract(hour FROM ts AT TIME ZONE %(zone)s)::int * 4
+                                   + extract(minute FROM ts AT TIME ZONE %(zone)s)::int / 15))"""
+_READINGS_DAY = f"""
+SELECT meter_id, count(*)::integer AS readings_count, bit_count({_SLOTS_OF_DAY})::integer AS intervals_read
 FROM readings WHERE ts >= %(day_start)s AND ts < %(day_end)s GROUP BY meter_id
 """
+_READINGS_SLOTS = _READINGS_DAY.replace(" AS intervals_read", f" AS intervals_read, {_SLOTS_OF_DAY} AS slots", 1)
 # the bound the aggregate's real-time view puts between materialized and live days, and whether this role owns it
 _AGGREGATE_STATE = f"""
 SELECT %(day_start)s < coalesce(
@@ -71,6 +77,7 @@ class CollectionDay:
     sql: str
     params: dict[str, Any]
     source: DaySource
+    with_slots: str  # the same rows with a fourth column, `slots`: the load points read (bit(96), bit 0 from 00:00)
 
 
 def local_day_bounds(day: date, zone: str) -> tuple[datetime, datetime]:
@@ -84,16 +91,16 @@ def collection_day(conn: psycopg.Connection[Any], options: SchemaOptions, day: d
     start, end = local_day_bounds(day, options.collection_timezone)
     params: dict[str, Any] = {"day": day, "day_start": start, "day_end": end, "zone": options.collection_timezone}
     if options.storage is Storage.PARTITIONED:
-        return CollectionDay(_PARTITIONED_DAY, params, DaySource.PARTITIONED)
+        return CollectionDay(_PARTITIONED_DAY, params, DaySource.PARTITIONED, _PARTITIONED_SLOTS)
     row = conn.execute(_AGGREGATE_STATE, params).fetchone()
     assert row is not None, f"{CAGG} is not a continuous aggregate"
     materialized, may_refresh = bool(row[0]), bool(row[1])
     if not materialized:
-        return CollectionDay(_AGGREGATE_DAY, params, DaySource.LIVE)
+        return CollectionDay(_AGGREGATE_DAY, params, DaySource.LIVE, _AGGREGATE_SLOTS)
     if not may_refresh:
-        return CollectionDay(_READINGS_DAY, params, DaySource.READINGS)
+        return CollectionDay(_READINGS_DAY, params, DaySource.READINGS, _READINGS_SLOTS)
     # refresh_continuous_aggregate commits as it goes: it cannot run inside a transaction block
     if not conn.autocommit or conn.info.transaction_status is not pq.TransactionStatus.IDLE:
         raise RuntimeError("refreshing the collection aggregate needs a connection outside a transaction (autocommit)")
     conn.execute(f"CALL refresh_continuous_aggregate('{CAGG}', %s, %s)", (start, end))
-    return CollectionDay(_AGGREGATE_DAY, params, DaySource.REFRESHED)
+    return CollectionDay(_AGGREGATE_DAY, params, DaySource.REFRESHED, _AGGREGATE_SLOTS)

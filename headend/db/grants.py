@@ -112,10 +112,18 @@ TABLE_GRANTS: dict[str, dict[DbRole, Privileges]] = {
     # the collection summary (migration 0026): the API counts a day when it is first asked for and again when it is
     # stale, clearing the day's late-reading marks as it does; the triggers that mark run as the owner
     "collection_summary_state": _row(api=READ, reporting=READ),
+    "collection_registry_changes": _row(api=READ, reporting=READ),
     "collection_day_changes": _row(api=("SELECT", "DELETE"), reporting=READ),
-    "collection_summary_days": _row(api=("SELECT", "INSERT", "DELETE"), reporting=READ),
-    "collection_summary": _row(api=("SELECT", "INSERT"), reporting=READ),
-    "collection_summary_meters": _row(api=("SELECT", "INSERT"), reporting=READ),
+    "collection_summary_days": _row(
+        api=("SELECT", "INSERT", "UPDATE (computed_at, registry_version)", "DELETE"), reporting=READ
+    ),
+    "collection_summary": _row(
+        api=("SELECT", "INSERT", "UPDATE (read, complete, read_first, complete_first)", "DELETE"), reporting=READ
+    ),
+    "collection_summary_meters": _row(
+        api=("SELECT", "INSERT", "UPDATE (intervals_read, slots)", "DELETE"), reporting=READ
+    ),
+    "collection_summary_entries": _row(api=("SELECT", "INSERT", "DELETE"), reporting=READ),
     # the catalog: stored by operators, read by whoever decides
     "tariff_revisions": _row(engine=READ, dispatch=READ, api=READ, reporting=READ, operator=("INSERT",)),
     "tariffs": _row(engine=READ, dispatch=READ, api=READ, reporting=READ, operator=("INSERT", "UPDATE")),
