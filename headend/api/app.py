@@ -15,9 +15,10 @@ from typing import Any, Final
 from fastapi import APIRouter, FastAPI
 from psycopg_pool import ConnectionPool
 
-from headend.api import accounts, channels, commands, health, payments, rereads
+from headend.api import accounts, channels, collection, commands, health, payments, rereads, switch_tests, switches
 from headend.api.db import ApiState, Clock, utc_now
 from headend.api.errors import install_handlers, problems_as_problem_json
+from headend.api.metrics import install_metrics
 from headend.api.request_guard import RefuseMalformedTargets
 from headend.api.schemas import BODY_MODELS, REF_PREFIX
 from headend.console.mount import install_console
@@ -32,8 +33,15 @@ ROUTERS: Final[tuple[APIRouter, ...]] = (
     payments.router,
     commands.router,
     commands.alarms_router,
+    # before commands.meters_router: /v1/meters/search is not a meter id
+    switches.meters_router,
     commands.meters_router,
     rereads.router,
+    switches.router,
+    switch_tests.switches_router,
+    switch_tests.router,
+    collection.router,
+    collection.meters_router,
 )
 TAGS: Final = [
     {"name": "health", "description": "Liveness; no authentication."},
@@ -45,10 +53,23 @@ TAGS: Final = [
     {"name": "payments", "description": "Stored payments by channel transaction."},
     {"name": "commands", "description": "Relay commands (disconnect, reconnect, relay read): history, approval."},
     {"name": "alarms", "description": "Relay alarms: relays not where they should be; resolved after a site visit."},
-    {"name": "meters", "description": "Meters' last reported relay positions."},
+    {"name": "meters", "description": "Meters' last reported relay positions; find a meter (field staff)."},
     {
         "name": "rereads",
         "description": "Re-reads (补抄): ask meters again for the load points they missed, follow them.",
+    },
+    {
+        "name": "switches",
+        "description": "Customers' controlled switches (接控开关): field staff register, correct, retire, import them.",
+    },
+    {
+        "name": "switch tests",
+        "description": "The on-site commissioning test of a switch's relay: start it, follow its steps, its result.",
+    },
+    {
+        "name": "collection",
+        "description": "Collection success per day and group, first pass and after re-read; the meters not read "
+        "(completely) with why; a meter's readings and gaps. JSON or CSV.",
     },
 ]
 DESCRIPTION: Final = """\
@@ -56,10 +77,10 @@ The head-end's HTTP API: payment intake from channels (HMAC-signed callbacks, id
 transaction id) and at the counter, prepaid accounts and their ledgers.
 
 Authentication: a bearer token (`Authorization: Bearer <token>`, from `headend api-token create`) whose
-principal has a role — `operator`, `field_staff`, `channel` or `admin` (admin may do everything); channel
-callbacks are signed instead (`X-Headend-Timestamp`, `X-Headend-Signature`). Money is integer fen, times are
-ISO 8601 (answers in UTC). Errors are problem documents (`application/problem+json`: `type`, `title`,
-`detail`). See docs/api.md.
+principal has a role — `operator`, `field_staff`, `viewer` (reads only), `channel` or `admin` (admin may do
+everything); channel callbacks are signed instead (`X-Headend-Timestamp`, `X-Headend-Signature`). Money is
+integer fen, times are ISO 8601 (answers in UTC). Errors are problem documents (`application/problem+json`:
+`type`, `title`, `detail`). See docs/api.md.
 """
 POOL_OPEN_TIMEOUT_S: Final = 10.0
 POOL_TIMEOUT_S: Final = 10.0
@@ -136,4 +157,5 @@ def create_app(settings: Settings, *, clock: Clock = utc_now) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_console(app, pool, settings, clock)
+    install_metrics(app, settings)  # last: its middleware outermost, counting what the others answer too
     return app
