@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,10 +73,15 @@ def test_demo_runs_on_a_machine_with_no_services(tmp_path: Path) -> None:
     out = result.stdout
     assert "embedded PostgreSQL" in out
     assert "(embedded)" in out
-    assert "meters expected : 60" in out
-    # 5 % of 60 meters are offline; with no drops every other meter has all 96 intervals
-    assert "read (≥1 value) : 57  rate 95.00%" in out
-    assert "complete (all 96 intervals): 57" in out
+    # the 60 MQTT meters and the demo's 4 Modbus and 3 DL/T 645 meters
+    assert "meters expected : 67" in out
+    # 5 % of the 60 MQTT meters are offline; with no drops every other meter has all 96 intervals, and the poll worker
+    # reads the polled meters at every load point
+    assert "read (≥1 value) : 64  rate 95.52%" in out
+    assert "complete (all 96 intervals): 64" in out
+    assert re.search(r"mqtt +57/60 +95\.00% +complete 57", out), out
+    assert re.search(r"modbus +4/4 +100\.00% +complete 4", out), out
+    assert re.search(r"dlt645 +3/3 +100\.00% +complete 3", out), out
     assert "last never" in out
 
 
